@@ -139,7 +139,9 @@ class Region:
         if isinstance(bins, Mapping):
             missing = [name for name in self.observables if name not in bins]
             if missing:
-                msg = f"Binning is missing for observables {missing}; give bins for every observable."
+                msg = (
+                    f"Binning is missing for observables {missing}; give bins for every observable."
+                )
                 raise InvalidRegionError(msg)
             per_observable = [bins[name] for name in self.observables]
         elif isinstance(bins, int | np.integer):
@@ -196,7 +198,9 @@ class Region:
             raise InvalidRegionError(msg)
         return self.edges
 
-    def with_bins(self, bins: int | Sequence[float] | Mapping[str, int | Sequence[float]]) -> Region:
+    def with_bins(
+        self, bins: int | Sequence[float] | Mapping[str, int | Sequence[float]]
+    ) -> Region:
         """Return a copy of this region with another binning."""
         return Region(self.observables, self.limits, bins=bins)
 
@@ -216,7 +220,8 @@ class Region:
             array = array[:, None]
         lower = np.array([lo for lo, _ in self.limits])
         upper = np.array([hi for _, hi in self.limits])
-        return np.all((array >= lower) & (array <= upper), axis=1)
+        mask: NDArray[np.bool_] = np.all((array >= lower) & (array <= upper), axis=1)
+        return mask
 
     def axes(self) -> list[bh.axis.Variable]:
         """Boost-histogram axes of the binning, named after the observables, without flow bins."""
@@ -225,9 +230,7 @@ class Region:
             for name, e in zip(self.observables, self._require_edges(), strict=True)
         ]
 
-    def histogram(
-        self, events: ArrayLike, weights: ArrayLike | None = None
-    ) -> NDArray[np.float64]:
+    def histogram(self, events: ArrayLike, weights: ArrayLike | None = None) -> NDArray[np.float64]:
         """Histogram the events inside the region; return the flattened counts, shape ``(n_bins,)``.
 
         Events outside the region are dropped. An event on the upper limit of the region falls
@@ -247,7 +250,7 @@ class Region:
             hist.fill(*selected.T)
             return np.asarray(hist.view(), dtype=np.float64).ravel()
         hist.fill(*selected.T, weight=np.asarray(weights, dtype=np.float64)[inside])
-        return np.asarray(hist.view().value, dtype=np.float64).ravel()
+        return np.asarray(hist.view().value, dtype=np.float64).ravel()  # type: ignore[union-attr]
 
     def bin_centers(self) -> tuple[NDArray[np.float64], ...]:
         """Bin centres per observable."""
@@ -419,7 +422,7 @@ class SimulationSet(Sequence[Simulation]):
         return [sim.name for sim in self._simulations]
 
     def require_at_least(self, n: int, *, purpose: str) -> None:
-        """Raise unless the set holds at least ``n`` simulations.
+        """Raise unless the set contains at least ``n`` simulations.
 
         Raises:
             InvalidSimulationError: Naming the process, the count and the purpose.

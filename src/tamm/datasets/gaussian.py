@@ -63,6 +63,11 @@ class PseudoData:
         return self.n_signal / (self.n_signal + self.n_background)
 
 
+def _seed_sequence(seed: int | np.random.SeedSequence | None) -> np.random.SeedSequence:
+    """Return ``seed`` as a SeedSequence (an int or None starts a new one)."""
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
 @cache
 def _load_parameters() -> dict[str, Any]:
     text = resources.files("tamm.datasets").joinpath("data/gaussian_toy_msds.json").read_text()
@@ -97,12 +102,14 @@ class GaussianToy:
         return len(self._parameters["signal_means"])
 
     def region(self, bins: int | None = 10) -> Region:
-        """The fiducial square ``|x1| <= 2, |x2| <= 2``, with ``bins`` x ``bins`` bins by default."""
+        """Return the fiducial square ``|x1| <= 2, |x2| <= 2``, with ``bins`` x ``bins`` bins by default."""
         limits = self._parameters["fiducial_region"]
-        return Region(self.observables, {name: tuple(limits[name]) for name in self.observables}, bins=bins)
+        return Region(
+            self.observables, {name: tuple(limits[name]) for name in self.observables}, bins=bins
+        )
 
     def true_parameters(self, process: Process) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Mean ``(2,)`` and covariance ``(2, 2)`` of nature for ``process``."""
+        """Return the mean ``(2,)`` and covariance ``(2, 2)`` of nature for ``process``."""
         key = f"true_{self._check_process(process)}"
         truth = self._parameters[key]
         return np.array(truth["mean"], dtype=np.float64), np.array(truth["cov"], dtype=np.float64)
@@ -110,7 +117,7 @@ class GaussianToy:
     def simulation_parameters(
         self, process: Process, index: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Mean ``(2,)`` and covariance ``(2, 2)`` of biased simulation ``index`` of ``process``."""
+        """Return the mean ``(2,)`` and covariance ``(2, 2)`` of biased simulation ``index`` of ``process``."""
         process = self._check_process(process)
         if not 0 <= index < self.n_simulations:
             msg = f"Simulation index must be in [0, {self.n_simulations}); received {index}."
@@ -119,7 +126,9 @@ class GaussianToy:
         cov = self._parameters[f"{process}_covs"][index]
         return np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64)
 
-    def choose_simulations(self, n: int, *, seed: int | np.random.SeedSequence | None) -> NDArray[np.int64]:
+    def choose_simulations(
+        self, n: int, *, seed: int | np.random.SeedSequence | None
+    ) -> NDArray[np.int64]:
         """Draw ``n`` distinct simulation indices at random (without replacement), sorted."""
         if not 1 <= n <= self.n_simulations:
             msg = f"Number of simulations must be in [1, {self.n_simulations}]; received {n}."
@@ -153,7 +162,7 @@ class GaussianToy:
         seed: int | np.random.SeedSequence | None,
     ) -> SimulationSet:
         """Sample the biased simulations ``indices`` of ``process``, one independent stream each."""
-        streams = np.random.SeedSequence(seed).spawn(len(indices))
+        streams = _seed_sequence(seed).spawn(len(indices))
         sims = [
             self.simulation(process, int(i), n_events=n_events, seed=stream)
             for i, stream in zip(indices, streams, strict=True)
@@ -203,7 +212,7 @@ class GaussianToy:
                 f"n_signal={n_signal}, n_background={n_background}."
             )
             raise InvalidSimulationError(msg)
-        count_seed, signal_seed, background_seed, shuffle_seed = np.random.SeedSequence(seed).spawn(4)
+        count_seed, signal_seed, background_seed, shuffle_seed = _seed_sequence(seed).spawn(4)
         if poisson:
             count_rng = np.random.default_rng(count_seed)
             n_signal = int(count_rng.poisson(n_signal))
@@ -224,7 +233,9 @@ class GaussianToy:
         mean, cov = self.true_parameters(process)
         return _box_probabilities(mean, cov, region)
 
-    def simulation_bin_probabilities(self, process: Process, index: int, region: Region) -> NDArray[np.float64]:
+    def simulation_bin_probabilities(
+        self, process: Process, index: int, region: Region
+    ) -> NDArray[np.float64]:
         """Exact bin probabilities of biased simulation ``index`` inside ``region`` (sums to one)."""
         mean, cov = self.simulation_parameters(process, index)
         return _box_probabilities(mean, cov, region)
@@ -234,7 +245,7 @@ class GaussianToy:
         if process not in _PROCESSES:
             msg = f"Unknown process {process!r}; the Gaussian toy has {list(_PROCESSES)}."
             raise InvalidSimulationError(msg)
-        return process  # type: ignore[return-value]
+        return process
 
 
 def _box_probabilities(
@@ -258,7 +269,9 @@ def _box_probabilities(
     conditional_mean = mean[1] + rho * sigma_y / sigma_x * (x - mean[0])
     conditional_sigma = sigma_y * math.sqrt(1.0 - rho**2)
     # y-interval probabilities given x: shape (n_x_bins, n_nodes, n_y_bins)
-    cdf_y = stats.norm.cdf((edges_y[None, None, :] - conditional_mean[..., None]) / conditional_sigma)
+    cdf_y = stats.norm.cdf(
+        (edges_y[None, None, :] - conditional_mean[..., None]) / conditional_sigma
+    )
     interval = np.diff(cdf_y, axis=-1)
     density_x = stats.norm.pdf(x, loc=mean[0], scale=sigma_x) * half_width[:, None]
     probabilities = np.einsum("n,in,inj->ij", node_weights, density_x, interval).ravel()
@@ -266,4 +279,5 @@ def _box_probabilities(
     if not math.isfinite(total) or total <= 0:
         msg = "The region holds no probability of this Gaussian; check the region limits."
         raise InvalidSimulationError(msg)
-    return probabilities / total
+    normalised: NDArray[np.float64] = probabilities / total
+    return normalised
