@@ -14,7 +14,9 @@ def test_no_simulation_equals_nature(gaussian_toy):
     for process in ("signal", "background"):
         true_mean, true_cov = gaussian_toy.true_parameters(process)
         means = np.array([gaussian_toy.simulation_parameters(process, i)[0] for i in range(500)])
-        diag = np.array([gaussian_toy.simulation_parameters(process, i)[1][0, 0] for i in range(500)])
+        diag = np.array(
+            [gaussian_toy.simulation_parameters(process, i)[1][0, 0] for i in range(500)]
+        )
         assert np.min(np.linalg.norm(means - true_mean, axis=1)) > 0.1
         assert np.min(np.abs(diag - true_cov[0, 0])) >= 0.1 - 1e-9
 
