@@ -10,7 +10,9 @@ Messages follow one pattern: what was received, what was expected, and how to fi
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ConvergenceWarning",
+    "InputFileError",
     "InvalidModelError",
     "InvalidRegionError",
     "InvalidSimulationError",
@@ -49,6 +51,30 @@ class InvalidModelError(TammError, ValueError):
 
     For example: templates with the wrong number of bins, observed counts that are negative,
     or a topic model that was asked for more topics than it has documents.
+    """
+
+
+class ConfigError(TammError, ValueError):
+    """Raised when an analysis configuration is invalid.
+
+    The message starts with the key path of the offending entry (for example
+    ``binned.n_topics``) and says what was received and what is expected.
+
+    Attributes:
+        key: The key path, or an empty string for the file as a whole.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class InputFileError(TammError, OSError):
+    """Raised when an input ROOT file, or a tree, branch or histogram in it, cannot be used.
+
+    For example: a file that does not exist or is not a ROOT file, a tree or histogram name that
+    the file lacks, or a branch that the tree lacks. The message names the file, the object and,
+    where the request came from an analysis configuration, the configuration key.
     """
 
 

@@ -46,19 +46,23 @@ def cli(verbose: int) -> None:
 @cli.command("show")
 @click.argument("results", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def show(results: Path) -> None:
-    """Print the fits stored in a results.json written by `tamm demo`."""
+    """Print the fits stored in a results.json written by `tamm demo` or `tamm fit`."""
     data = json.loads(results.read_text())
-    click.echo(f"kappa_true = {data['kappa_true']:.5f}")
+    kappa_true = data.get("kappa_true")
+    click.echo("kappa_true = unknown (observed data)" if kappa_true is None else f"kappa_true = {kappa_true:.5f}")
     for name, fit in data["fits"].items():
+        pull = fit.get("pull")
+        pull_text = "" if pull is None else f"  pull {pull:6.2f}"
         click.echo(
-            f"{name:<14} {fit['kappa']:8.5f} +- {fit['sigma']:.5f}  pull {fit['pull']:6.2f}  converged={fit['converged']}"
+            f"{name:<14} {fit['kappa']:8.5f} +- {fit['sigma']:.5f}{pull_text}  converged={fit['converged']}"
         )
 
 
 def _register_commands() -> None:
     from tamm.cli.demo import demo
+    from tamm.cli.fit import fit
 
-    for command in (demo,):
+    for command in (demo, fit):
         cli.add_command(command)
 
 
