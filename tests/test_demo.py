@@ -118,3 +118,24 @@ def test_cli_demo_rejects_zero_topics():
     result = CliRunner().invoke(cli, ["demo", "--n-topics", "0"])
     assert result.exit_code != 0
     assert "--n-topics" in result.output
+
+
+def test_cli_demo_rejects_negative_seed():
+    result = CliRunner().invoke(cli, ["demo", "--seed", "-1"])
+    assert result.exit_code == 2
+    assert "--seed" in result.output
+    assert "-1" in result.output
+
+
+def test_cli_demo_rejects_more_topics_than_simulations():
+    result = CliRunner().invoke(cli, ["demo", "--n-topics", "41", "--n-simulations", "40"])
+    assert result.exit_code == 2
+    assert "41 topics cannot be learned from 40 simulations" in result.output
+
+
+def test_cli_demo_rejects_uncreatable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(cli, ["demo", "--output-dir", str(blocker / "sub")])
+    assert result.exit_code == 2
+    assert "cannot create the output directory" in result.output

@@ -84,7 +84,7 @@ def test_region_without_bins_cannot_histogram():
 
 
 def test_simulation_empty_events():
-    with pytest.raises(InvalidSimulationError, match=r"'empty'.*no events"):
+    with pytest.raises(InvalidSimulationError, match=r"'empty'.*received an empty array"):
         Simulation(np.empty((0, 2)), name="empty")
 
 

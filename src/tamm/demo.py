@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from tamm._version import __version__
 from tamm.datasets import GaussianToy
+from tamm.exceptions import InvalidModelError
 from tamm.metrics import hellinger
 from tamm.plotting import FittedShapes, plot_binned_fit
 from tamm.results import KappaFit
@@ -72,6 +73,27 @@ class DemoConfig:
     n_signal: int = 5000
     n_background: int = 50_000
     bins: int = 10
+
+    def __post_init__(self) -> None:
+        positive = {
+            "n_simulations": self.n_simulations,
+            "n_topics": self.n_topics,
+            "n_events_per_simulation": self.n_events_per_simulation,
+            "bins": self.bins,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                msg = f"DemoConfig.{name} must be at least 1; received {value}."
+                raise InvalidModelError(msg)
+        if self.seed < 0:
+            msg = f"DemoConfig.seed must be a non-negative integer; received {self.seed}."
+            raise InvalidModelError(msg)
+        if self.n_topics > self.n_simulations:
+            msg = (
+                f"{self.n_topics} topics cannot be learned from {self.n_simulations} simulations "
+                "per process; ask for at most as many topics as simulations."
+            )
+            raise InvalidModelError(msg)
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,8 @@ def plot_binned_fit(
                         true_shape, edges, color="black", ls="--", lw=2, label="true shape", ax=ax
                     )
                 ax.set_xlabel(name)
-                ax.set_ylabel(f"{process} shape (normalised)")
+                ax.set_ylabel("fraction per bin")
+                ax.set_title(f"{process} shape", fontsize="medium")
                 ax.set_ylim(0, 1.6 * ax.get_ylim()[1])
                 ax.legend(fontsize="x-small", loc="upper left", ncol=2)
         fig.tight_layout()

@@ -109,8 +109,8 @@ class Region:
             pairs = list(limits)
             if len(pairs) != len(names):
                 msg = (
-                    f"Received {len(pairs)} (lower, upper) pairs for {len(names)} observables "
-                    f"{list(names)}; give one pair per observable."
+                    f"Number of (lower, upper) pairs ({len(pairs)}) differs from the number of "
+                    f"observables {list(names)}; give one pair per observable."
                 )
                 raise InvalidRegionError(msg)
 
@@ -286,7 +286,7 @@ def _as_event_array(events: ArrayLike, *, n_columns: int | None, what: str) -> N
         msg = f"{what} must have shape (n_events, n_observables); received an array of shape {array.shape}."
         raise InvalidSimulationError(msg)
     if array.shape[0] == 0:
-        msg = f"{what} contain no events; a sample needs at least one event."
+        msg = f"{what}: received an empty array; a sample needs at least one event."
         raise InvalidSimulationError(msg)
     if n_columns is not None and array.shape[1] != n_columns:
         msg = (

@@ -49,7 +49,11 @@ def show(results: Path) -> None:
     """Print the fits stored in a results.json written by `tamm demo` or `tamm fit`."""
     data = json.loads(results.read_text())
     kappa_true = data.get("kappa_true")
-    click.echo("kappa_true = unknown (observed data)" if kappa_true is None else f"kappa_true = {kappa_true:.5f}")
+    click.echo(
+        "kappa_true = unknown (observed data)"
+        if kappa_true is None
+        else f"kappa_true = {kappa_true:.5f}"
+    )
     for name, fit in data["fits"].items():
         pull = fit.get("pull")
         pull_text = "" if pull is None else f"  pull {pull:6.2f}"

@@ -14,7 +14,11 @@ __all__ = ["demo"]
 
 @click.command()
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Master seed of every random step."
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Master seed of every random step (a non-negative integer).",
 )
 @click.option(
     "--n-topics",
@@ -50,7 +54,15 @@ def demo(seed: int, n_topics: int, n_simulations: int, output_dir: Path, quiet: 
     from tamm.demo import run_demo
     from tamm.exceptions import TammError
 
-    config = DemoConfig(seed=seed, n_topics=n_topics, n_simulations=n_simulations)
+    try:
+        config = DemoConfig(seed=seed, n_topics=n_topics, n_simulations=n_simulations)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except TammError as err:
+        raise click.BadParameter(str(err)) from err
+    except OSError as err:
+        msg = f"cannot create the output directory {str(output_dir)!r}: {err.strerror}"
+        raise click.BadParameter(msg, param_hint="--output-dir") from err
+
     with tqdm(total=5, desc="tamm demo", disable=quiet, file=sys.stderr, leave=False) as bar:
         started = False
 

@@ -526,7 +526,7 @@ def learn_topics(
         first = int(empty[0])
         msg = (
             f"Simulation {simulations[first].name!r} (index {first}) of {simulations.process!r} "
-            f"has no events inside the region ({empty.size} such simulations); it cannot "
+            f"has no events inside the region (simulations without events there: {empty.size}); it cannot "
             "inform the topics. Remove it or widen the region."
         )
         raise InvalidSimulationError(msg)
