@@ -24,7 +24,6 @@ command line override the config.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -313,10 +312,17 @@ def _config_job(path: Path, *, seed: int | None) -> dict[str, Any]:
     return {
         "sets": _load_sets(entries, base=path.parent, observables=config.get("observables")),
         "region": region,
-        "seed": int(config.get("seed", 0)) if seed is None else seed,
+        "seed": _config_seed(path, config.get("seed", 0)) if seed is None else seed,
         "settings": dict(settings),
         "source": {"config": str(path)},
     }
+
+
+def _config_seed(path: Path, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"{path}: 'seed' must be a non-negative integer; received {value!r}."
+        raise click.ClickException(msg)
+    return value
 
 
 def _region_from_config(path: Path, data: Any, region_class: Any) -> Any:
@@ -453,28 +459,8 @@ def _run(
     calibrated = time.perf_counter()
     model.save(output_dir, overwrite=overwrite)
     finished = time.perf_counter()
-    sys.stderr.flush()
 
-    acceptances = model.acceptances
-    classes = []
-    for info, fit in zip(model.classes, model.fits, strict=True):
-        classes.append(
-            {
-                "index": info.index,
-                "process": info.process,
-                "simulation": info.simulation,
-                "n_events": info.n_events,
-                "n_calibration": info.n_calibration,
-                "acceptance": None if acceptances is None else float(acceptances[info.index]),
-                "calibration": {
-                    "weights": fit.weights.tolist(),
-                    "offset": fit.offset,
-                    "loss_initial": fit.loss_initial,
-                    "loss": fit.loss,
-                    "converged": fit.converged,
-                },
-            }
-        )
+    classes = model.describe_classes()
     members = [
         {
             "index": record.index,
