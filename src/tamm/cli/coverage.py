@@ -20,7 +20,13 @@ def _method_list(value: str) -> tuple[str, ...]:
 
 
 @click.command()
-@click.option("--n-draws", type=click.IntRange(min=1), default=10, show_default=True, help="Random draws of simulations.")
+@click.option(
+    "--n-draws",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Random draws of simulations.",
+)
 @click.option(
     "--n-experiments",
     type=click.IntRange(min=1),
@@ -40,7 +46,9 @@ def _method_list(value: str) -> tuple[str, ...]:
     show_default=True,
     help="'local' (process pool), 'dask-local' (Dask LocalCluster on 127.0.0.1), 'serial', or a Dask scheduler address.",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes."
+)
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -48,10 +56,30 @@ def _method_list(value: str) -> tuple[str, ...]:
     show_default=True,
     help="Directory for results.jsonl, summary.json, coverage.png and pulls.png.",
 )
-@click.option("--resume", is_flag=True, help="Continue the study in --output-dir; finished fits are kept.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Master seed of every random step.")
-@click.option("--n-simulations", type=click.IntRange(min=2, max=500), default=10, show_default=True, help="Simulations drawn per process.")
-@click.option("--n-topics", type=click.IntRange(min=1), default=4, show_default=True, help="Topics per process (tamm-binned).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the study in --output-dir; finished fits are kept."
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Master seed of every random step.",
+)
+@click.option(
+    "--n-simulations",
+    type=click.IntRange(min=2, max=500),
+    default=10,
+    show_default=True,
+    help="Simulations drawn per process.",
+)
+@click.option(
+    "--n-topics",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Topics per process (tamm-binned).",
+)
 @click.option(
     "--n-components",
     type=click.IntRange(min=1),
@@ -78,7 +106,7 @@ def coverage(
 ) -> None:
     """Run a pseudo-experiment study and print bias, pulls and coverage per method.
 
-    Each of N_DRAWS draws picks simulations at random and prepares every method; each of its
+    Each of N_DRAWS draws picks simulations at random and prepares every method. Each of its
     N_EXPERIMENTS pseudo-datasets (5000 signal + 50 000 background events) is then fitted by
     every method. Every fit is appended to OUTPUT_DIR/results.jsonl as it finishes, so an
     interrupted study continues with --resume.
@@ -86,7 +114,14 @@ def coverage(
     from tqdm.auto import tqdm
 
     from tamm.exceptions import TammError
-    from tamm.studies import StudyConfig, format_table, plot_coverage, plot_pulls, run_study, summarize
+    from tamm.studies import (
+        StudyConfig,
+        format_table,
+        plot_coverage,
+        plot_pulls,
+        run_study,
+        summarize,
+    )
 
     try:
         config = StudyConfig(
@@ -102,7 +137,9 @@ def coverage(
     except TammError as err:
         raise click.BadParameter(str(err)) from err
 
-    with tqdm(total=config.n_fits, desc="tamm coverage", unit="fit", disable=quiet, file=sys.stderr) as bar:
+    with tqdm(
+        total=config.n_fits, desc="tamm coverage", unit="fit", disable=quiet, file=sys.stderr
+    ) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -141,9 +178,9 @@ def coverage(
     (output_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_coverage(run.fits, methods=config.methods, path=output_dir / "coverage.png")
     plot_pulls(run.fits, methods=config.methods, path=output_dir / "pulls.png")
-    click.echo(
-        f"\nWrote {output_dir / 'results.jsonl'}, summary.json, coverage.png and pulls.png"
-    )
+    click.echo(f"\nWrote {output_dir / 'results.jsonl'}, summary.json, coverage.png and pulls.png")
     failed = sum(summary.n_failed for summary in summaries.values())
     if failed:
-        click.echo(f"Warning: {failed} fits failed or did not converge; see results.jsonl.", err=True)
+        click.echo(
+            f"Warning: {failed} fits failed or did not converge; see results.jsonl.", err=True
+        )

@@ -23,15 +23,29 @@ def __dir__() -> list[str]:
     show_default=True,
     help="Pseudo-experiments per hypothesis and tested value; 0 uses the asymptotic formulae.",
 )
-@click.option("--cl", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True, help="Confidence level of the limit.")
-@click.option("--points", type=click.IntRange(min=2), default=26, show_default=True, help="Tested values of kappa.")
+@click.option(
+    "--cl",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Confidence level of the limit.",
+)
+@click.option(
+    "--points",
+    type=click.IntRange(min=2),
+    default=26,
+    show_default=True,
+    help="Tested values of kappa.",
+)
 @click.option(
     "--max-kappa",
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
     help="Highest tested kappa [default: best fit + 5 sigma].",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the toys.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the toys."
+)
 @click.option(
     "--output-file",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -16,7 +16,13 @@ def __dir__() -> list[str]:
 
 @click.command()
 @click.argument("workspace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--points", type=click.IntRange(min=3), default=41, show_default=True, help="Grid values of kappa.")
+@click.option(
+    "--points",
+    type=click.IntRange(min=3),
+    default=41,
+    show_default=True,
+    help="Grid values of kappa.",
+)
 @click.option(
     "--range",
     "kappa_range",
@@ -51,6 +57,7 @@ def scan(
     are read from the crossings of -2 delta ln L = 1 and 4, truncated at the bounds of kappa.
     """
     import numpy as np
+    from matplotlib.figure import Figure
 
     from tamm.exceptions import TammError
     from tamm.inference.profile import ONE_SIGMA, TWO_SIGMA, profile_interval, profile_scan
@@ -59,7 +66,10 @@ def scan(
     try:
         model, data = load_model(workspace)
         fit = fit_kappa(model, data, method="scan")
-        grid = None if kappa_range is None else np.linspace(*sorted(kappa_range), points)
+        grid = None
+        if kappa_range is not None:
+            low, high = sorted(kappa_range)
+            grid = np.linspace(low, high, points)
         curve = profile_scan(model, data, grid, n_points=points, fit=fit)
         # The interval ends come from root finding, which places fits at the crossings.
         ends = profile_interval(model, data, fit=fit)
@@ -79,9 +89,10 @@ def scan(
             err=True,
         )
 
-    axes = curve.plot()
-    axes.figure.tight_layout()
-    axes.figure.savefig(plot_path, dpi=110)
+    figure = Figure(figsize=(6.4, 4.8))
+    curve.plot(figure.add_subplot())
+    figure.tight_layout()
+    figure.savefig(plot_path, dpi=110)
     click.echo(f"Wrote {plot_path}")
     if output_file is not None:
         record = {
