@@ -89,6 +89,8 @@ def test_cli_demo_writes_table_and_files(tmp_path):
         cli,
         [
             "demo",
+            "--engine",
+            "binned",
             "--seed",
             "3",
             "--n-simulations",
@@ -139,3 +141,25 @@ def test_cli_demo_rejects_uncreatable_output_dir(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--output-dir", str(blocker / "sub")])
     assert result.exit_code == 2
     assert "cannot create the output directory" in result.output
+
+
+def test_demo_unbinned_engine_runs_small():
+    from tamm.demo import DemoConfig, run_demo
+
+    # Tiny networks and samples: this checks the unbinned path end to end, not its accuracy.
+    config = DemoConfig(
+        seed=2,
+        engine="unbinned",
+        unbinned_n_simulations=3,
+        unbinned_events_per_simulation=4000,
+        unbinned_members=1,
+        unbinned_max_epochs=2,
+        n_signal=500,
+        n_background=5000,
+    )
+    result = run_demo(config)
+    assert set(result.fits) == {"tamm-unbinned", "baseline-unbinned"}
+    for fit in result.fits.values():
+        assert np.isfinite(fit.kappa)
+    assert result.kappa_true == pytest.approx(500 / 5500)
+    assert result.hellinger == {}

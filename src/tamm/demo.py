@@ -28,13 +28,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tamm._version import __version__
-from tamm.datasets import GaussianToy
+from tamm.datasets import GaussianToy, PseudoData
 from tamm.exceptions import InvalidModelError
 from tamm.metrics import hellinger
 from tamm.plotting import FittedShapes, plot_binned_fit
 from tamm.results import KappaFit
+from tamm.samples import Region
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["ENGINES", "DemoConfig", "DemoResult", "run_demo"]
+
+ENGINES = ("binned", "unbinned", "both")
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,14 @@ class DemoConfig:
         n_signal: Signal events of the pseudo-data inside the region.
         n_background: Background events of the pseudo-data inside the region.
         bins: Bins per observable of the 2-D histograms.
+        engine: ``"binned"`` (topics and pyhf), ``"unbinned"`` (ratio networks and the
+            geometric mixture) or ``"both"``.
+        unbinned_n_simulations: Simulations per process of the unbinned engine; 10, as in the
+            paper's unbinned study.
+        unbinned_events_per_simulation: Events per simulation for training the ratio networks
+            (the paper used 1e6; fewer keeps the demo within minutes on 2 cores).
+        unbinned_members: Bootstrap members of the ratio ensemble.
+        unbinned_max_epochs: Maximum training epochs per member (early stopping may end sooner).
     """
 
     seed: int = 0
@@ -73,8 +84,16 @@ class DemoConfig:
     n_signal: int = 5000
     n_background: int = 50_000
     bins: int = 10
+    engine: str = "both"
+    unbinned_n_simulations: int = 10
+    unbinned_events_per_simulation: int = 100_000
+    unbinned_members: int = 4
+    unbinned_max_epochs: int = 30
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            msg = f"DemoConfig.engine must be one of {list(ENGINES)}; received {self.engine!r}."
+            raise InvalidModelError(msg)
         positive = {
             "n_simulations": self.n_simulations,
             "n_topics": self.n_topics,
@@ -125,12 +144,12 @@ class DemoResult:
 
     def table(self) -> str:
         """Format the fits as a fixed-width text table."""
-        header = f"{'method':<14} {'kappa':>8} {'sigma':>8} {'pull':>7}  {'status':<10}"
+        header = f"{'method':<18} {'kappa':>8} {'sigma':>8} {'pull':>7}  {'status':<10}"
         lines = [f"kappa_true = {self.kappa_true:.5f}", header, "-" * len(header)]
         for name, fit in self.fits.items():
             status = "converged" if fit.converged else "FAILED"
             lines.append(
-                f"{name:<14} {fit.kappa:8.5f} {fit.sigma:8.5f} {fit.pull(self.kappa_true):7.2f}  {status:<10}"
+                f"{name:<18} {fit.kappa:8.5f} {fit.sigma:8.5f} {fit.pull(self.kappa_true):7.2f}  {status:<10}"
             )
         return "\n".join(lines)
 
@@ -164,10 +183,9 @@ def run_demo(
         progress: Called with a short description before each step (for progress bars).
 
     Returns:
-        The fits of the TAMM, baseline and oracle methods, with the true kappa.
+        The fits of each engine's TAMM and baseline methods (and the binned oracle), with the
+        true kappa.
     """
-    from tamm.pyhf import baseline_spec, build_workspace, fit_kappa, model_and_data, tamm_spec
-    from tamm.topics import learn_topics
 
     def step(text: str) -> None:
         log.info("%s", text)
@@ -176,47 +194,103 @@ def run_demo(
 
     toy = GaussianToy()
     region = toy.region(bins=config.bins)
-    choice_seed, signal_seed, background_seed, topic_seed, data_seed = np.random.SeedSequence(
-        config.seed
-    ).spawn(5)
+    # NB: the first five streams keep their order, so binned results of a seed do not change
+    # when the unbinned engine runs too.
+    choice_seed, signal_seed, background_seed, topic_seed, data_seed, unbinned_seed = (
+        np.random.SeedSequence(config.seed).spawn(6)
+    )
     timings: dict[str, float] = {}
-    start = time.perf_counter()
+    fits: dict[str, KappaFit] = {}
+    distances: dict[str, dict[str, float]] = {}
+    indices: dict[str, list[int]] = {}
+    data = toy.pseudo_data(config.n_signal, config.n_background, seed=data_seed)
+    binned: _BinnedOutcome | None = None
+    if config.engine in ("binned", "both"):
+        binned = _run_binned(
+            config,
+            toy,
+            region,
+            data,
+            (choice_seed, signal_seed, background_seed, topic_seed),
+            step,
+            timings,
+        )
+        fits.update(binned.fits)
+        distances = _hellinger_table(binned.shapes, binned.histograms, binned.truth)
+        indices.update({f"binned {p}": idx for p, idx in binned.indices.items()})
+    if config.engine in ("unbinned", "both"):
+        unbinned_fits, unbinned_indices = _run_unbinned(
+            config, toy, data, unbinned_seed, step, timings
+        )
+        fits.update(unbinned_fits)
+        indices.update({f"unbinned {p}": idx for p, idx in unbinned_indices.items()})
 
-    step(f"drawing {config.n_simulations} simulations per process")
+    result = DemoResult(
+        config=config,
+        kappa_true=data.kappa_true,
+        fits=fits,
+        hellinger=distances,
+        simulation_indices=indices,
+        timings=timings,
+    )
+    if output_dir is not None:
+        step("writing results.json and demo.png")
+        _write_outputs(Path(output_dir), result, region, data, binned)
+    return result
+
+
+@dataclass(frozen=True)
+class _BinnedOutcome:
+    fits: dict[str, KappaFit]
+    shapes: dict[str, FittedShapes]
+    histograms: dict[str, NDArray[np.float64]]
+    truth: dict[str, NDArray[np.float64]]
+    indices: dict[str, list[int]]
+
+
+def _run_binned(
+    config: DemoConfig,
+    toy: GaussianToy,
+    region: Region,
+    data: PseudoData,
+    seeds: tuple[np.random.SeedSequence, ...],
+    step: Callable[[str], None],
+    timings: dict[str, float],
+) -> _BinnedOutcome:
+    """Learn topics and fit kappa with the topic mixture, the baseline and the oracle (pyhf)."""
+    from tamm.pyhf import baseline_spec, build_workspace, fit_kappa, model_and_data, tamm_spec
+    from tamm.topics import learn_topics
+
+    choice_seed, signal_seed, background_seed, topic_seed = seeds
+    start = time.perf_counter()
+    step(f"binned: drawing {config.n_simulations} simulations per process")
     signal_choice, background_choice = choice_seed.spawn(2)
     indices = {
         "signal": toy.choose_simulations(config.n_simulations, seed=signal_choice),
         "background": toy.choose_simulations(config.n_simulations, seed=background_choice),
     }
+    n_events = config.n_events_per_simulation
     simulations = {
-        "signal": toy.simulations(
-            "signal", indices["signal"], n_events=config.n_events_per_simulation, seed=signal_seed
-        ),
+        "signal": toy.simulations("signal", indices["signal"], n_events=n_events, seed=signal_seed),
         "background": toy.simulations(
-            "background",
-            indices["background"],
-            n_events=config.n_events_per_simulation,
-            seed=background_seed,
+            "background", indices["background"], n_events=n_events, seed=background_seed
         ),
     }
     histograms = {process: sims.histograms(region) for process, sims in simulations.items()}
-    timings["simulations"] = time.perf_counter() - start
+    timings["binned simulations"] = time.perf_counter() - start
 
-    step(f"learning {config.n_topics} topics per process")
+    step(f"binned: learning {config.n_topics} topics per process")
     start = time.perf_counter()
     topic_seeds = topic_seed.generate_state(2)
     topics = {
         process: learn_topics(sims, region, config.n_topics, seed=int(s))
         for (process, sims), s in zip(simulations.items(), topic_seeds, strict=True)
     }
-    timings["topics"] = time.perf_counter() - start
+    timings["binned topics"] = time.perf_counter() - start
 
-    step("drawing pseudo-data from nature")
-    data = toy.pseudo_data(config.n_signal, config.n_background, seed=data_seed)
-    observed = region.histogram(data.events)
-
-    step("fitting kappa: TAMM, baseline and oracle")
+    step("binned: fitting kappa with TAMM, the baseline and the oracle")
     start = time.perf_counter()
+    observed = region.histogram(data.events)
     truth = {
         process: toy.true_bin_probabilities(process, region) for process in ("signal", "background")
     }
@@ -231,21 +305,105 @@ def run_demo(
         model, model_data = model_and_data(build_workspace(spec))
         fits[method] = fit_kappa(model, model_data, method=method)
         shapes[method] = _fitted_shapes(model, fits[method])
-    timings["fits"] = time.perf_counter() - start
-
-    distances = _hellinger_table(shapes, histograms, truth)
-    result = DemoResult(
-        config=config,
-        kappa_true=data.kappa_true,
-        fits=fits,
-        hellinger=distances,
-        simulation_indices={process: [int(i) for i in idx] for process, idx in indices.items()},
-        timings=timings,
+    timings["binned fits"] = time.perf_counter() - start
+    return _BinnedOutcome(
+        fits, shapes, histograms, truth, {p: [int(i) for i in idx] for p, idx in indices.items()}
     )
-    if output_dir is not None:
-        step("writing results.json and demo.png")
-        _write_outputs(Path(output_dir), result, region, observed, shapes, histograms, truth)
-    return result
+
+
+def _run_unbinned(
+    config: DemoConfig,
+    toy: GaussianToy,
+    data: PseudoData,
+    seed: np.random.SeedSequence,
+    step: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[dict[str, KappaFit], dict[str, list[int]]]:
+    """Train the ratio ensemble and fit kappa with the geometric mixture and its baseline."""
+    from tamm.mixture import (
+        TemplateAdaptedLikelihood,
+        build_samples,
+        fit_baseline_unbinned,
+        fit_unbinned,
+    )
+    from tamm.ratios import BaselineRatio, TrainingSettings, train_ratios
+
+    region = toy.region(bins=None)
+    choice_seed, sample_seed, train_seed, split_seed, baseline_seed = seed.spawn(5)
+    n_sims = config.unbinned_n_simulations
+    start = time.perf_counter()
+    step(f"unbinned: drawing {n_sims} simulations per process")
+    signal_choice, background_choice = choice_seed.spawn(2)
+    indices = {
+        "signal": toy.choose_simulations(n_sims, seed=signal_choice),
+        "background": toy.choose_simulations(n_sims, seed=background_choice),
+    }
+    signal_sample_seed, background_sample_seed = sample_seed.spawn(2)
+    simulations = {
+        "signal": toy.simulations(
+            "signal",
+            indices["signal"],
+            n_events=config.unbinned_events_per_simulation,
+            seed=signal_sample_seed,
+        ),
+        "background": toy.simulations(
+            "background",
+            indices["background"],
+            n_events=config.unbinned_events_per_simulation,
+            seed=background_sample_seed,
+        ),
+    }
+    timings["unbinned simulations"] = time.perf_counter() - start
+
+    step(
+        f"unbinned: training {config.unbinned_members} ratio networks over {2 * n_sims} simulations"
+    )
+    start = time.perf_counter()
+    settings = TrainingSettings(
+        n_members=config.unbinned_members, max_epochs=config.unbinned_max_epochs
+    )
+    train_state = int(train_seed.generate_state(1)[0])
+    ensemble = train_ratios(
+        [simulations["signal"], simulations["background"]],
+        region=region,
+        settings=settings,
+        seed=train_state,
+        progress=False,
+    )
+    baseline = BaselineRatio.train(
+        simulations["signal"][0],
+        simulations["background"][0],
+        region=region,
+        settings=settings,
+        seed=int(baseline_seed.generate_state(1)[0]),
+        progress=False,
+    )
+    timings["unbinned training"] = time.perf_counter() - start
+
+    step("unbinned: fitting kappa with TAMM and the baseline")
+    start = time.perf_counter()
+    # Equal numbers of events per simulation before the cut, so the pool is the equal mixture.
+    pooled = np.concatenate([sim.events for sims in simulations.values() for sim in sims])
+    pooled = pooled[region.contains(pooled)]
+    n_reference = min(n_sims * config.n_background, len(pooled) // 2)
+    samples = build_samples(
+        data.events,
+        pooled,
+        lambda events: ensemble.log_ratios(events, region),
+        n_signal_classes=n_sims,
+        n_reference=n_reference,
+        n_penalty=n_reference,
+        seed=split_seed,
+    )
+    unbinned = fit_unbinned(TemplateAdaptedLikelihood(samples))
+    background_events = simulations["background"][0].events
+    background_events = background_events[region.contains(background_events)]
+    baseline_fit = fit_baseline_unbinned(
+        baseline.log_ratio(data.events, region), baseline.log_ratio(background_events, region)
+    )
+    timings["unbinned fits"] = time.perf_counter() - start
+    fits = {"tamm-unbinned": unbinned.kappa_fit, "baseline-unbinned": baseline_fit.kappa_fit}
+    return fits, {p: [int(i) for i in idx] for p, idx in indices.items()}
 
 
 def _hellinger_table(
@@ -270,20 +428,20 @@ def _hellinger_table(
 def _write_outputs(
     directory: Path,
     result: DemoResult,
-    region: Any,
-    observed: NDArray[np.float64],
-    shapes: dict[str, FittedShapes],
-    histograms: dict[str, NDArray[np.float64]],
-    truth: dict[str, NDArray[np.float64]],
+    region: Region,
+    data: PseudoData,
+    binned: _BinnedOutcome | None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if binned is None:
+        return
     plot_binned_fit(
         region,
-        observed,
-        {name: shapes[name] for name in ("tamm-binned", "baseline")},
-        histograms,
-        truth=truth,
+        region.histogram(data.events),
+        {name: binned.shapes[name] for name in ("tamm-binned", "baseline")},
+        binned.histograms,
+        truth=binned.truth,
         kappa_true=result.kappa_true,
         path=directory / "demo.png",
     )

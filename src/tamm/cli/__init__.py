@@ -63,10 +63,14 @@ def show(results: Path) -> None:
 
 
 def _register_commands() -> None:
+    from tamm.cli.coverage import coverage
     from tamm.cli.demo import demo
     from tamm.cli.fit import fit
+    from tamm.cli.limit import limit
+    from tamm.cli.scan import scan
+    from tamm.cli.train import train
 
-    for command in (demo, fit):
+    for command in (demo, fit, train, scan, limit, coverage):
         cli.add_command(command)
 
 
