@@ -435,3 +435,26 @@ def test_coverage_command_prints_table(tmp_path):
     again = CliRunner().invoke(coverage, arguments)
     assert again.exit_code != 0
     assert "--resume" in again.output
+
+
+def test_unbinned_exact_method_fits_and_intervals():
+    config = StudyConfig(
+        n_draws=1,
+        n_experiments=2,
+        methods=("tamm-unbinned-exact",),
+        n_signal=1000,
+        n_background=10_000,
+        n_events_per_simulation=20_000,
+    )
+    run = run_study(config, scheduler="serial")
+    assert len(run.fits) == 2
+    for record in run.fits:
+        assert record["error"] is None
+        assert record["converged"]
+        assert record["sigma"] > 0
+        low, high = record["intervals"]["68.3"]
+        assert low < record["kappa"] < high
+        wide_low, wide_high = record["intervals"]["95.4"]
+        assert wide_low < low
+        assert wide_high > high
+        assert math.isfinite(record["z_interval"])
