@@ -88,7 +88,7 @@ class DemoConfig:
     unbinned_n_simulations: int = 10
     unbinned_events_per_simulation: int = 100_000
     unbinned_members: int = 4
-    unbinned_max_epochs: int = 30
+    unbinned_max_epochs: int = 20
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

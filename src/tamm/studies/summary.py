@@ -266,7 +266,7 @@ def summarize(
 
 def _table_row(summary: MethodSummary) -> str:
     return (
-        f"{summary.method:<15}{summary.n_fits:>6d}{summary.n_failed:>5d}"
+        f"{summary.method:<20}{summary.n_fits:>6d}{summary.n_failed:>5d}"
         f"{summary.mean_bias:>+9.4f}{summary.rmse:>8.4f}{summary.mean_sigma:>8.4f}"
         f"{summary.pull_mean:>+10.2f}{summary.pull_std:>9.2f}"
         f"{summary.coverage_wald['68.3']:>10.3f}{summary.coverage_wald['95.4']:>10.3f}"
@@ -279,7 +279,7 @@ def _table_row(summary: MethodSummary) -> str:
 def format_table(summaries: Mapping[str, MethodSummary]) -> str:
     """Format the summaries as a fixed-width text table, one row per method."""
     header = (
-        f"{'method':<15}{'fits':>6}{'fail':>5}{'bias':>9}{'RMSE':>8}{'sigma':>8}"
+        f"{'method':<20}{'fits':>6}{'fail':>5}{'bias':>9}{'RMSE':>8}{'sigma':>8}"
         f"{'pull mean':>10}{'pull std':>9}{'Wald 68.3':>10}{'Wald 95.4':>10}"
         f"{'prof 68.3':>10}{'prof 95.4':>10}{'within':>8}{'between':>8}{'H(s)':>7}{'H(b)':>7}"
     )
