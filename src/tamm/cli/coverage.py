@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,11 @@ def __dir__() -> list[str]:
 
 def _method_list(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """Turn a termination signal into SystemExit, so ``finally`` blocks run."""
+    raise SystemExit(128 + signum)
 
 
 @click.command()
@@ -145,6 +151,9 @@ def coverage(
             bar.total = total
             bar.update(done - bar.n)
 
+        # A termination signal (kill, a batch system's time limit) exits through the runner's
+        # cleanup, which shuts the worker pool down, instead of leaving orphaned workers.
+        previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             run = run_study(
                 config,
@@ -156,6 +165,8 @@ def coverage(
             )
         except TammError as err:
             raise click.ClickException(str(err)) from err
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     summaries = summarize(run.fits, config.methods)
     click.echo(
