@@ -128,7 +128,9 @@ def main() -> None:
     label = f"repeated Minuit fit (median of {args.repeats})"
     print(f"{label:<44s} {statistics.median(repeats):8.2f} s")
     original = result.info["original"]
-    print(f"  valid={result.valid}, edm={result.edm:.2g}, calls={original.nfcn}, gradients={original.ngrad}")
+    print(
+        f"  valid={result.valid}, edm={result.edm:.2g}, calls={original.nfcn}, gradients={original.ngrad}"
+    )
     if args.default_minuit:
         zfit.param.set_values(params, start)
         default = timed(
@@ -152,7 +154,7 @@ def main() -> None:
 
     grid = kappa["value"] + sigma * np.linspace(-2.0, 2.0, 10)
     scan = timed("profile scan, 10 kappa values", profile_scan, loss, grid, minimizer=minimizer)
-    print(f"  q at +-2 sigma: {scan.q[0]:.3f}, {scan.q[-1]:.3f} (4 for a parabola)")
+    print(f"  q at -2, +2 sigma: {scan.q[0]:.3f}, {scan.q[-1]:.3f} (4 for a parabola)")
 
     zfit.param.set_values(params, [result.params[p]["value"] for p in params])
     timed("sample(100 000), first call", pdf.sample, 100_000)
@@ -160,10 +162,7 @@ def main() -> None:
 
     samples = timed(
         "standalone features (numpy exact ratios)",
-        MixtureSamples,
-        ratios(data),
-        ratios(reference),
-        ratios(penalty),
+        lambda: MixtureSamples(ratios(data), ratios(reference), ratios(penalty)),
     )
     standalone = timed("standalone fit_unbinned", fit_unbinned, TemplateAdaptedLikelihood(samples))
     sigma_hesse = math.sqrt(np.linalg.inv(standalone.sandwich.hessian)[0, 0])

@@ -205,9 +205,10 @@ def test_pdf_is_ratio_over_reference_mean(small):
     pdf = TammPDF(small.region, small.log_ratio_fn, small.reference, n_data=5000.0)
     set_parameters(pdf, THETA_SMALL)
     events = small.data[:200]
-    expected = numpy_ratio(small, events, THETA_SMALL, 3) / numpy_ratio(
-        small, small.reference, THETA_SMALL, 3
-    ).mean()
+    expected = (
+        numpy_ratio(small, events, THETA_SMALL, 3)
+        / numpy_ratio(small, small.reference, THETA_SMALL, 3).mean()
+    )
     np.testing.assert_allclose(pdf.pdf(events).numpy(), expected, rtol=1e-10)
 
 
@@ -216,8 +217,12 @@ def test_default_normalisations_make_unit_templates(small):
     set_parameters(pdf, THETA_SMALL)
     features = small.ratios(small.reference)
     a, b = pdf.mixture_weights()
-    assert float(pdf.params["c_s"].value()) * np.exp(features[:, :3] @ a).mean() == pytest.approx(1.0)
-    assert float(pdf.params["c_b"].value()) * np.exp(features[:, 3:] @ b).mean() == pytest.approx(1.0)
+    assert float(pdf.params["c_s"].value()) * np.exp(features[:, :3] @ a).mean() == pytest.approx(
+        1.0
+    )
+    assert float(pdf.params["c_b"].value()) * np.exp(features[:, 3:] @ b).mean() == pytest.approx(
+        1.0
+    )
 
 
 def test_extended_yield_is_n_data_times_reference_mean(small):
@@ -236,7 +241,9 @@ def test_to_binned_matches_zfit_bin_integrals(small):
     reference = zfit.pdf.BinnedFromUnbinnedPDF(pdf, space)
     assert isinstance(binned, BinnedTammPDF)
     # Both sum R over the same reference events per bin, so only the summation order differs.
-    np.testing.assert_allclose(binned.rel_counts().numpy(), reference.rel_counts().numpy(), atol=1e-14)
+    np.testing.assert_allclose(
+        binned.rel_counts().numpy(), reference.rel_counts().numpy(), atol=1e-14
+    )
     np.testing.assert_allclose(
         binned.counts().numpy().sum(), float(pdf.get_yield().value()), rtol=1e-12
     )
@@ -280,7 +287,10 @@ def test_loss_equals_standalone_up_to_constant(small):
     likelihood = TemplateAdaptedLikelihood(small.samples())
     names = likelihood.parameter_names
     offsets = []
-    for theta in (likelihood.default_parameters(0.1), np.array([0.2, 1.1, 0.95, 0.5, -0.1, 0.2, 0.45])):
+    for theta in (
+        likelihood.default_parameters(0.1),
+        np.array([0.2, 1.1, 0.95, 0.5, -0.1, 0.2, 0.45]),
+    ):
         zfit.param.set_values([pdf.params[n] for n in names], theta)
         offsets.append(float(loss.value(full=True)) - likelihood.value(theta))
     # Same function up to a constant: the offsets agree to the float64 noise of sums over 1e4
@@ -305,11 +315,13 @@ def test_minuit_agrees_with_standalone_fit(agreement):
     loss = tamm_nll(pdf, agreement.data, penalty=agreement.penalty)
     result = _minuit(tol=1e-6).minimize(loss)
     result.hesse()
+    result.hesse(method="hesse_np", name="autodiff")
 
     assert zfit.run.get_graph_mode() == "auto"
     assert result.valid
     assert result.params[pdf.kappa]["value"] == pytest.approx(standalone.kappa, abs=1e-4)
     assert result.params[pdf.kappa]["hesse"]["error"] == pytest.approx(sigma_hesse, rel=0.01)
+    assert result.params[pdf.kappa]["autodiff"]["error"] == pytest.approx(sigma_hesse, rel=0.01)
     a, b = pdf.mixture_weights()
     np.testing.assert_allclose(a, standalone.weights[0], atol=5e-3)
     np.testing.assert_allclose(b, standalone.weights[1], atol=5e-3)
@@ -393,9 +405,10 @@ def test_constraints_reproduce_penalty_and_ridge(small):
     penalty, ridge = tamm_constraints(pdf, small.penalty, penalty_strength=2.0, ridge_strength=3.0)
     features = small.ratios(small.penalty)
     a, b = pdf.mixture_weights()
-    h = THETA_SMALL["c_b"] * np.exp(features[:, 3:] @ b).mean() - THETA_SMALL["c_s"] * np.exp(
-        features[:, :3] @ a
-    ).mean()
+    h = (
+        THETA_SMALL["c_b"] * np.exp(features[:, 3:] @ b).mean()
+        - THETA_SMALL["c_s"] * np.exp(features[:, :3] @ a).mean()
+    )
     assert float(penalty.value()) == pytest.approx(0.5 * 2.0 * len(small.data) * h**2, rel=1e-10)
     squares = np.sum((a - 1 / 3) ** 2) + np.sum((b - 1 / 3) ** 2)
     assert float(ridge.value()) == pytest.approx(0.5 * 3.0 * squares, rel=1e-12)
@@ -435,7 +448,9 @@ def test_rejects_non_finite_features(small):
         features = small.log_ratio_fn(x)
         return tf.where(x[:, :1] > 1.9, np.inf, features)
 
-    with pytest.raises(InvalidModelError, match=r"NaN or infinite log ratios .* \(event \d+, class 0\)=inf"):
+    with pytest.raises(
+        InvalidModelError, match=r"NaN or infinite log ratios .* \(event \d+, class 0\)=inf"
+    ):
         TammPDF(small.region, broken, small.reference)
 
 
@@ -465,8 +480,21 @@ def test_rejects_bad_options(small):
         TammPDF(small.region, small.log_ratio_fn, small.reference, n_data=10.0, extended=10.0)
     with pytest.raises(InvalidModelError, match="n_data must be a positive"):
         TammPDF(small.region, small.log_ratio_fn, small.reference, n_data=-1.0)
-    with pytest.raises(InvalidModelError, match="zfit.Space or a tamm Region"):
+    with pytest.raises(InvalidModelError, match=r"zfit\.Space or a tamm Region"):
         TammPDF("x", small.log_ratio_fn, small.reference)
+
+
+def test_nll_keeps_weighted_zfit_data(small):
+    pdf = TammPDF(small.region, small.log_ratio_fn, small.reference)
+    weights = np.full(len(small.data), 0.5)
+    data = zfit.Data.from_numpy(obs=pdf.space, array=small.data, weights=weights)
+    loss = tamm_nll(pdf, data)
+    assert loss.data[0] is data
+    unweighted = tamm_nll(pdf, small.data)
+    # Halving every weight halves the NLL; the ridge term is the same in both losses.
+    ridge = float(tamm_constraints(pdf)[0].value())
+    full = float(loss.value(full=True))
+    assert full - ridge == pytest.approx(0.5 * (float(unweighted.value(full=True)) - ridge))
 
 
 def test_nll_rejects_bad_data(small):
@@ -569,7 +597,7 @@ def test_topic_pdf_rejects_bad_topics(topic_setup):
         TopicMixturePDF(region, signal[:, :24], background)
     negative = background.copy()
     negative[1, 7] = -0.1
-    with pytest.raises(InvalidModelError, match="invalid value -0.1 in topic 1, bin 7"):
+    with pytest.raises(InvalidModelError, match=r"invalid value -0\.1 in topic 1, bin 7"):
         TopicMixturePDF(region, signal, negative)
     with pytest.raises(InvalidRegionError, match="binned Region"):
         TopicMixturePDF(Region(["x1", "x2"], region.limits), signal, background)
@@ -589,7 +617,9 @@ def limit_loss(topic_setup, signal_topics, name):
     limit either.
     """
     region, signal, background, _ = topic_setup
-    observed = 5000 * (0.01 * signal.mean(axis=0) + 0.99 * np.array([0.4, 0.3, 0.2, 0.1]) @ background)
+    observed = 5000 * (
+        0.01 * signal.mean(axis=0) + 0.99 * np.array([0.4, 0.3, 0.2, 0.1]) @ background
+    )
     kappa = zfit.Parameter(f"{name}_kappa", 0.1, -1.0, 1.0)
     total = zfit.Parameter(f"{name}_total", observed.sum(), 0.0, 10 * observed.sum())
     pdf = TopicMixturePDF(region, signal_topics, background, kappa=kappa, extended=total, name=name)
@@ -639,9 +669,10 @@ def test_upperlimit_none_is_recovered(single_signal_loss):
     assert 0.0 < limit.expected_band["-2"] < limit.expected < limit.expected_band["+2"] < 0.2
     # The interpolated CLs at the limit is alpha, and hepstats' own spline root (taken as the
     # first element, the step that numpy 2.4 rejects) lies within one grid step.
-    keep = LIMIT_SCAN >= result.params[pdf.kappa]["value"]
+    keep = result.params[pdf.kappa]["value"] <= LIMIT_SCAN
     helper_cls = limit.pvalues["cls"][keep]
-    assert np.interp(limit.observed, LIMIT_SCAN[keep], helper_cls) == pytest.approx(0.05)
+    crossing = np.interp(limit.observed, LIMIT_SCAN[keep], helper_cls)
+    assert crossing == pytest.approx(0.05)
     # The helper refits with its own minimiser, so its p-values agree with the raw ones only to
     # the precision of the fits.
     np.testing.assert_allclose(helper_cls, pvalues["cls"][keep], atol=1e-3)
@@ -673,7 +704,7 @@ def test_helper_cls_matches_pyhf_asymptotics(topic_setup, topic_limit_loss):
     hepstats with Minuit. The CLs values differed by up to 0.004.
     """
     _, signal, background, _ = topic_setup
-    pdf, loss, observed = topic_limit_loss
+    _, loss, observed = topic_limit_loss
     limit = upper_limit(loss, LIMIT_SCAN)
     model = build_model(tamm_spec(signal, background, observed))
     data = observed.tolist() + model.config.auxdata
@@ -695,7 +726,9 @@ def test_non_extended_loss_rejected(topic_setup, single_signal_loss):
     assert float(np.sum(asimov.values())) == pytest.approx(region.n_bins)
     assert float(np.sum(asimov.values())) != pytest.approx(observed.sum(), rel=0.1)
 
-    with pytest.raises(InvalidModelError, match="hepstats needs an extended loss, but received BinnedNLL"):
+    with pytest.raises(
+        InvalidModelError, match="hepstats needs an extended loss, but received BinnedNLL"
+    ):
         upper_limit(loss, np.linspace(0, 0.1, 5))
     with pytest.raises(InvalidModelError, match="non-extended models"):
         discovery(loss)
@@ -711,7 +744,9 @@ def test_extended_asimov_total_is_yield(single_signal_loss):
 
 def test_frequentist_without_nuisance_is_rejected(topic_setup):
     region, signal, background, observed = topic_setup
-    pdf = TopicMixturePDF(region, signal[0], background[0], extended=float(observed.sum()), name="NoNuisance")
+    pdf = TopicMixturePDF(
+        region, signal[0], background[0], extended=float(observed.sum()), name="NoNuisance"
+    )
     loss = zfit.loss.ExtendedBinnedNLL(pdf, binned_data(region, observed))
     assert [p.name for p in loss.get_params(floating=True)] == [pdf.kappa.name]
 
@@ -728,20 +763,43 @@ def test_poisson_toys_draw_new_count_per_toy(small):
     pdf = TammPDF(small.region, small.log_ratio_fn, small.reference, n_data=len(small.data))
     toys = PoissonToys(seed=3)
     (sampler,) = toys.sampler([pdf], [len(small.data)])
+    expected = float(pdf.get_yield().value())
+    # hepstats fits toys between two draws, which moves the parameters away from the values
+    # the sampler was created with; the count must still follow the creation-time yield.
+    pdf.params["c_s"].set_value(3.0)
     zfit.settings.set_seed(9)
 
-    counts = []
-    for _ in toys.sample([sampler], 6, parameter=pdf.kappa, value=0.1):
-        counts.append(int(sampler.num_entries))
-    default_counts = []
-    for _ in base_sample([sampler], 6, parameter=pdf.kappa, value=0.1):
-        default_counts.append(int(sampler.num_entries))
+    # Both generators resample the sampler in place before each yield.
+    counts = [
+        int(sampler.num_entries) for _ in toys.sample([sampler], 6, parameter=pdf.kappa, value=0.1)
+    ]
+    default_counts = [
+        int(sampler.num_entries) for _ in base_sample([sampler], 6, parameter=pdf.kappa, value=0.1)
+    ]
 
     assert len(set(default_counts)) == 1
     assert len(set(counts)) > 1
-    expected = float(pdf.get_yield().value())
     # Every count within 5 Poisson standard deviations of the yield.
     assert all(abs(n - expected) < 5 * math.sqrt(expected) for n in counts)
+
+
+def test_frequentist_helper_uses_poisson_toys(single_signal_loss, monkeypatch):
+    _, loss, _ = single_signal_loss
+    drawn = []
+    draw = PoissonToys._draw_count
+
+    def recording_draw(self, model, sampler_values, overrides):
+        count = draw(self, model, sampler_values, overrides)
+        drawn.append(count)
+        return count
+
+    monkeypatch.setattr(PoissonToys, "_draw_count", recording_draw)
+    zfit.settings.set_seed(11)
+    result = discovery(loss, calculator="frequentist", n_toys=3, seed=2)
+    assert result.calculator == "frequentist"
+    # Every toy draws its own count.
+    assert len(drawn) >= 3
+    assert len(set(drawn)) > 1
 
 
 def test_poisson_toys_reject_foreign_sampler(small):
@@ -757,7 +815,7 @@ def test_unbinned_upper_limit_and_discovery(small):
     Fixed weights keep the profile in kappa monotonic for this small K = 3 sample; c_s and c_b
     stay floating.
     """
-    signal_poor = small.data[: 2000]
+    signal_poor = small.data[:2000]
     pdf = TammPDF(
         small.region, small.log_ratio_fn, small.reference, n_data=len(signal_poor), fix_weights=True
     )
@@ -779,7 +837,7 @@ def test_unbinned_upper_limit_and_discovery(small):
 
 @pytest.mark.slow
 def test_frequentist_limit_with_poisson_toys(single_signal_loss):
-    pdf, loss, _ = single_signal_loss
+    _, loss, _ = single_signal_loss
     zfit.settings.set_seed(10)
     # The scan starts just above the best fit (kappa_hat ~ 0.010), where the observed CLs is
     # close to 1, and ends beyond the asymptotic limit (~0.09).

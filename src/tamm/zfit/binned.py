@@ -86,9 +86,7 @@ def binned_data(region: Region, counts: ArrayLike) -> zfit.data.BinnedData:
         bad = int(np.flatnonzero(~np.isfinite(values.ravel()) | (values.ravel() < 0))[0])
         msg = f"counts has the invalid value {values.ravel()[bad]} in bin {bad}; counts must be finite and >= 0."
         raise InvalidModelError(msg)
-    return zfit.data.BinnedData.from_tensor(
-        binned_space(region), values.reshape(region.shape)
-    )
+    return zfit.data.BinnedData.from_tensor(binned_space(region), values.reshape(region.shape))
 
 
 def stick_breaking_weights(fractions: Any) -> tf.Tensor:
@@ -280,12 +278,10 @@ class TopicMixturePDF(zfit.pdf.BaseBinnedPDF):  # type: ignore[misc]
 
     def _weights(self, params: Mapping[str, Any]) -> tuple[tf.Tensor, tf.Tensor]:
         signal = [params[f"signal_topics_{j}"] for j in range(1, self._n_signal_topics)]
-        background = [
-            params[f"background_topics_{j}"] for j in range(1, self._n_background_topics)
-        ]
+        background = [params[f"background_topics_{j}"] for j in range(1, self._n_background_topics)]
         return _weights_from_list(signal), _weights_from_list(background)
 
-    @zfit.supports(norm="space")
+    @zfit.supports(norm="space")  # type: ignore[untyped-decorator]
     def _rel_counts(self, x: Any, norm: Any, params: Mapping[str, Any]) -> tf.Tensor:
         del x, norm
         signal_weights, background_weights = self._weights(params)
@@ -300,4 +296,3 @@ def _weights_from_list(fractions: Sequence[Any]) -> tf.Tensor:
     if not fractions:
         return znp.ones((1,), dtype=znp.float64)
     return stick_breaking_weights(znp.stack([znp.asarray(v, dtype=znp.float64) for v in fractions]))
-

@@ -28,7 +28,7 @@ Both helpers take the asymptotic formulae (``calculator="asymptotic"``) or toys
 5. The Asimov dataset comes from a fit with kappa fixed at 0. There the parameters that only
    shape the signal (the signal topic weights of a :class:`~tamm.zfit.TopicMixturePDF`) have
    no effect, Minuit reports an invalid minimum, and hepstats refits five times from start
-   values perturbed with numpy's global generator before it warns. The helpers hold those
+   values perturbed with numpy's global generator before it warns. The helpers keep those
    parameters fixed in fits at kappa = 0, which leaves every fitted value unchanged.
 
 Importing this module imports hepstats; install it with ``pip install hepstats``.
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -230,18 +230,28 @@ class PoissonToys:
                 overrides = {}
                 if parameter is not None and value is not None and parameter.name in names:
                     overrides = {parameter: value}
-                n_events = self._draw_count(model, parameter, value)
+                n_events = self._draw_count(model, sampler.params, overrides)
                 sampler.resample(param_values=overrides, n=n_events)
             yield {param: values[toy] for param, values in sampled_constraints.items()}
 
-    def _draw_count(self, model: Any, parameter: Any, value: float | None) -> int:
+    def _draw_count(
+        self, model: Any, sampler_values: Mapping[str, Any], overrides: Mapping[Any, float]
+    ) -> int:
+        """Draw a Poisson count with the model's yield at the sampler's parameter values.
+
+        The sampler keeps the values of its creation, while hepstats fits the toys in between
+        and so moves the parameters themselves; the yield is evaluated at the former.
+        """
         if not model.is_extended:
             msg = f"Poisson toys need an extended model; {model.name} has no yield."
             raise InvalidModelError(msg)
-        if parameter is not None and value is not None:
-            with parameter.set_value(value):
-                expected = float(model.get_yield().value())
-        else:
+        values = {
+            p: sampler_values[p.name]
+            for p in model.get_params(floating=None, is_yield=None)
+            if p.name in sampler_values
+        }
+        values.update(overrides)
+        with zfit.param.set_values(list(values), list(values.values())):
             expected = float(model.get_yield().value())
         if not (math.isfinite(expected) and expected > 0):
             msg = f"The yield of {model.name} is {expected} at the toy parameters; it must be positive."
@@ -311,7 +321,7 @@ def _signal_shape_parameters(loss: Any) -> list[Any]:
 
 
 def _check_extended(loss: Any) -> None:
-    """Reject losses whose Asymptotic Asimov dataset hepstats 0.10.1 scales wrongly."""
+    """Reject losses whose asymptotic Asimov dataset hepstats 0.10.1 scales wrongly."""
     not_extended = [m.name for m in loss.model if not m.is_extended]
     if not isinstance(loss, _EXTENDED_LOSSES) or not_extended:
         msg = (
@@ -593,4 +603,3 @@ def discovery(
     with np.errstate(divide="ignore", invalid="ignore"), _restored_floating(poi):
         p_value, significance = Discovery(calc, POI(poi, 0.0)).result(printlevel=0)
     return KappaDiscovery(float(p_value), float(significance), calculator)
-
