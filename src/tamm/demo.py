@@ -73,7 +73,8 @@ class DemoConfig:
             paper's unbinned study.
         unbinned_events_per_simulation: Events per simulation for training the ratio networks
             (the paper used 1e6; fewer keeps the demo within minutes on 2 cores).
-        unbinned_members: Bootstrap members of the ratio ensemble.
+        unbinned_members: Bootstrap members of the ratio ensemble (the paper used 4; 2 keep
+            the default demo within a few minutes on 2 cores).
         unbinned_max_epochs: Maximum training epochs per member (early stopping may end sooner).
     """
 
@@ -87,8 +88,8 @@ class DemoConfig:
     engine: str = "both"
     unbinned_n_simulations: int = 10
     unbinned_events_per_simulation: int = 100_000
-    unbinned_members: int = 4
-    unbinned_max_epochs: int = 20
+    unbinned_members: int = 2
+    unbinned_max_epochs: int = 15
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
