@@ -7,6 +7,8 @@ import os
 # NB: quiet TensorFlow's C++ start-up logging in the test process only; tamm itself never sets
 # TensorFlow environment variables.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# NB: zfit warns on import that it hides TensorFlow warnings unless this variable is set.
+os.environ.setdefault("ZFIT_DISABLE_TF_WARNINGS", "1")
 
 import pytest
 
