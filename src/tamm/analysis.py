@@ -1052,7 +1052,7 @@ def run_analysis(
 
     Args:
         config: A validated configuration (:func:`tamm.io.load_config`).
-        retrain: Learn the topics even if the output folder holds saved ones.
+        retrain: Learn the topics even if the output folder contains saved ones.
         write: Write the outputs and the topics into ``config.output_dir``; False keeps
             everything in memory (topics are then always learned).
         progress: Called with a short description before each step.

@@ -1,6 +1,6 @@
 """The main job on the built-in Gaussian toy: ``tamm demo``.
 
-One run goes through the whole binned pipeline and compares three answers for kappa:
+One run goes through the whole binned pipeline and compares three estimates of kappa:
 
 1. draw ``n_simulations`` biased simulations per process (distinct, at random);
 2. histogram them in the fiducial square and learn ``n_topics`` topics per process;
@@ -61,7 +61,7 @@ class DemoConfig:
         of what the simulations span. With 10 simulations per process that hull usually misses
         nature on this toy and kappa comes out high (mean pull about +2.8 over seeds 0-7,
         measured with 4 to 10 topics); with 40 simulations and 10 topics the mean pull over
-        the same seeds was +0.8 with a width of 1.2. The paper's binned study used 500
+        the same seeds was +0.8 with a width of 1.2. The binned study of arXiv 2604.02219 used 500
         simulations per process. These defaults may change; set them explicitly in scripts.
         n_events_per_simulation: Events sampled per simulation, before the fiducial cut.
         n_signal: Signal events of the pseudo-data inside the region.
@@ -118,7 +118,7 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What ``tamm demo`` computed: the configuration, the true kappa and one fit per method."""
+    """Output of ``tamm demo``: the configuration, the true kappa and one fit per method."""
 
     config: DemoConfig
     kappa_true: float

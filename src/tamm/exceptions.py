@@ -58,7 +58,7 @@ class ConfigError(TammError, ValueError):
     """Raised when an analysis configuration is invalid.
 
     The message starts with the key path of the offending entry (for example
-    ``binned.n_topics``) and says what was received and what is expected.
+    ``binned.n_topics``) and states what was received and what is expected.
 
     Attributes:
         key: The key path, or an empty string for the file as a whole.

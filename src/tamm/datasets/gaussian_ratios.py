@@ -14,7 +14,7 @@ multiclass ratios and the acceptance correction):
 where :math:`e_k` is the probability of simulation :math:`k` inside the region. Inside the
 region this equals the ratio of the two cut, normalised densities. A trained ratio network
 estimates these numbers; for the Gaussian toy they are known in closed form, so
-:class:`ExactGaussianRatios` stands in for the network wherever the network's error should not
+:class:`ExactGaussianRatios` replaces the network wherever the network's error should not
 enter (likelihood tests, oracle fits). Columns are ordered signal simulations first, then
 background simulations, the convention of :mod:`tamm.mixture`.
 """

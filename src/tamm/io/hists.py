@@ -7,7 +7,7 @@ module converts between those arrays and histogram objects:
 - :func:`region_from_hist` builds the region that a histogram's axes describe.
 - :func:`counts_from_hist` returns a histogram's flattened contents after checking that its
   binning equals the region's.
-- :class:`HistogramSet` holds the histograms of one process's simulations when they arrive
+- :class:`HistogramSet` contains the histograms of one process's simulations when they arrive
   as histograms instead of events. It offers the ``histograms`` and ``acceptances`` methods of
   :class:`~tamm.samples.SimulationSet`.
 - :func:`hist_from_counts` makes a :class:`hist.Hist` with axes named after the observables,
@@ -201,7 +201,7 @@ def counts_from_hist(
 
 
 def _same_binning(first: Region, second: Region) -> bool:
-    """Whether two regions have the same observables, limits and bin edges."""
+    """Return whether two regions have the same observables, limits and bin edges."""
     # NB: Region equality ignores the edges, so they are compared here.
     if first != second or first.shape != second.shape:
         return False
@@ -362,7 +362,7 @@ class HistogramSet:
         return self.acceptance.copy()
 
     def require_at_least(self, n: int, *, purpose: str) -> None:
-        """Raise InvalidSimulationError unless the set holds at least ``n`` histograms."""
+        """Raise InvalidSimulationError unless the set contains at least ``n`` histograms."""
         if len(self) < n:
             msg = (
                 f"HistogramSet {self.process!r} holds {len(self)} histograms, but {purpose} "

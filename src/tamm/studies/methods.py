@@ -501,7 +501,7 @@ def build_posterior(draw: Draw) -> Fitter:
 # ---------------------------------------------------------------------------------------------
 # Unbinned method on exact ratios
 
-# The paper's unbinned study used 10 simulations per process.
+# The unbinned study of arXiv 2604.02219 used 10 simulations per process.
 _UNBINNED_SIMULATIONS = 10
 
 
