@@ -486,10 +486,10 @@ def test_cli_fit_seed_change_requires_retrain(analysis, inputs):
 
 
 def test_cli_fit_reports_config_errors(inputs, tmp_path):
-    path = _config(inputs, "unbinned.yaml", engines=["binned", "unbinned"])
+    path = _config(inputs, "unbinned.yaml", engines=["binned", "unbinned"], unbinned={"seed": -1})
     result = CliRunner().invoke(fit_command, [str(path), "--quiet"])
     assert result.exit_code == 1
-    assert "engines[1]: the 'unbinned' engine is not available yet" in result.output
+    assert "unbinned.seed: expected an integer >= 0" in result.output
 
     result = CliRunner().invoke(fit_command, [str(tmp_path / "missing.yaml"), "--quiet"])
     assert result.exit_code == 1

@@ -456,10 +456,18 @@ def test_with_overrides():
         ),
         ("engines", ["magic"], r"engines\[0\]: unknown engine 'magic'"),
         (
-            "engines",
-            ["binned", "unbinned"],
-            r"engines\[1\]: the 'unbinned' engine is not available yet",
+            "unbinned",
+            {"training": {"n_member": 3}},
+            r"unbinned\.training: Unknown training settings \['n_member'\]",
         ),
+        (
+            "unbinned",
+            {"training": {"n_members": 0}},
+            r"unbinned\.training: TrainingSettings\.n_members must be an integer >= 1",
+        ),
+        ("unbinned", {"n_reference": 0}, r"unbinned\.n_reference: expected an integer >= 1"),
+        ("unbinned", {"ridge_strength": -1}, r"unbinned\.ridge_strength: expected a finite"),
+        ("unbinned", {"members": 2}, r"unbinned\.members: unknown key"),
         ("engines", [], r"engines: expected at least one engine"),
         (
             "binned",

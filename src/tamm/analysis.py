@@ -1,8 +1,10 @@
-"""A configuration-driven binned analysis: ``tamm fit CONFIG``.
+"""A configuration-driven analysis: ``tamm fit CONFIG``.
 
 Where this sits in the pipeline: it joins the readers of :mod:`tamm.io`, the topic model of
 :mod:`tamm.topics` and the pyhf adapter of :mod:`tamm.pyhf` into the main job, and writes the
-results. One run does:
+results. With ``engines: [unbinned]`` (alone or beside ``binned``) it also runs the unbinned
+engine of :mod:`tamm.unbinned_analysis` on the same data and writes its results into the same
+files (methods ``tamm-unbinned`` and ``baseline-unbinned``). The binned engine's run does:
 
 1. read the simulations of each process and the observed data (or draw pseudo-data) inside
    the binned region (:func:`prepare_inputs`);
@@ -23,7 +25,7 @@ Output files:
   method, the true kappa of pseudo-data, the seeds, software versions and the resolved
   configuration.
 - ``fit.root``: ``data`` (observed counts with Poisson variances) and, per method (``tamm_binned``,
-  ``baseline``), the folder ``<method>/`` with ``signal``, ``background`` and ``total``: the fitted
+  ``baseline``, and with the unbinned engine ``tamm_unbinned``, ``baseline_unbinned``), the folder ``<method>/`` with ``signal``, ``background`` and ``total``: the fitted
   expected counts, so each histogram sums to the fitted yield. With two observables these are
   TH2D, with one TH1D, and with more a TH1D over the flattened bins whose labels give each bin's
   intervals (C order, the last observable fastest).
@@ -32,6 +34,8 @@ Output files:
 - ``kappa_scan.png``: the profile scans.
 - ``topics_signal.json``, ``topics_background.json``: the topic fits and the fingerprint of the
   inputs they were learned from.
+- ``ratio_models/`` (or ``unbinned.model_dir``): the saved ratio ensemble and baseline network of
+  the unbinned engine.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -70,8 +74,11 @@ from tamm.io.root import (
 )
 from tamm.plotting import FittedShapes
 from tamm.results import KappaFit
-from tamm.samples import Region
+from tamm.samples import Region, SimulationSet
 from tamm.topics import TopicFit
+
+if TYPE_CHECKING:
+    from tamm.unbinned_analysis import RatioModels
 
 __all__ = [
     "AnalysisInputs",
@@ -139,6 +146,9 @@ class AnalysisInputs:
             drawn counts and the true kappa.
         simulation_info: Per process, one record per simulation: name, file, tree or
             histogram, entries read and selected, acceptance.
+        data_events: The data events inside the region, shape ``(N, n_observables)``, when
+            the data come from a tree or are pseudo-data; None for a data histogram. The
+            unbinned engine fits these.
     """
 
     region: Region
@@ -146,6 +156,7 @@ class AnalysisInputs:
     observed: NDArray[np.float64]
     data: dict[str, Any]
     simulation_info: dict[str, list[dict[str, Any]]]
+    data_events: NDArray[np.float64] | None = None
 
     @property
     def kappa_true(self) -> float | None:
@@ -282,10 +293,10 @@ def _read_process(
 def _draw_pseudo_data(
     config: AnalysisConfig,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """Draw pseudo-data without replacement from the signal and background trees.
+    """Draw pseudo-data events without replacement from the signal and background trees.
 
-    The draw is among the events inside the region, so the true kappa of the histogram is
-    exactly ``n_signal / n_events``.
+    The draw is among the events inside the region, so the true kappa of the events is
+    exactly ``n_signal / n_events``. Returns the events (signal first) and a description.
     """
     settings = config.pseudo_data
     if settings is None:
@@ -320,7 +331,7 @@ def _draw_pseudo_data(
         pools[process][rng.choice(pools[process].shape[0], size=n_wanted, replace=False)]
         for process, n_wanted in wanted.items()
     ]
-    events = np.concatenate([block for block in drawn if block.shape[0]])
+    events = np.concatenate(drawn)
     info = {
         "source": "pseudo_data",
         "n_events": int(settings.n_events),
@@ -331,7 +342,7 @@ def _draw_pseudo_data(
         "seed": settings.seed,
         "pool_sizes": {process: int(pool.shape[0]) for process, pool in pools.items()},
     }
-    return region.histogram(events), info
+    return events, info
 
 
 def prepare_inputs(config: AnalysisConfig) -> AnalysisInputs:
@@ -356,13 +367,37 @@ def prepare_inputs(config: AnalysisConfig) -> AnalysisInputs:
             process, sources, region, config.step_size
         )
 
+    events = None
     if config.data is not None:
         (entry,) = _expand(config.data)
-        observed, _, record = _read_counts(entry, region, config.step_size)
-        data = {"source": "data", **record, "n_events": float(observed.sum())}
+        if entry.histogram is None and entry.weight is None:
+            selected = read_tree(
+                entry.file,
+                entry.tree or "",
+                region.observables,
+                region=region,
+                step_size=config.step_size,
+                key=entry.key,
+            )
+            events = selected.events
+            observed = region.histogram(events)
+            data = {
+                "source": "data",
+                "name": entry.name,
+                "file": str(entry.file),
+                "tree": entry.tree,
+                "n_entries": selected.n_entries,
+                "n_selected": selected.n_selected,
+                "acceptance": selected.n_selected / max(selected.n_entries, 1),
+                "n_events": float(observed.sum()),
+            }
+        else:
+            observed, _, record = _read_counts(entry, region, config.step_size)
+            data = {"source": "data", **record, "n_events": float(observed.sum())}
     else:
-        observed, data = _draw_pseudo_data(config)
-    return AnalysisInputs(region, simulations, observed, data, records)
+        events, data = _draw_pseudo_data(config)
+        observed = region.histogram(events)
+    return AnalysisInputs(region, simulations, observed, data, records, events)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,7 +759,7 @@ def _shapes_of(model: Any, fit: KappaFit) -> tuple[NDArray[np.float64], NDArray[
     return signal, background
 
 
-def _choose(histograms: HistogramSet, choice: int | str, key: str) -> int:
+def _choose(histograms: HistogramSet | SimulationSet, choice: int | str, key: str) -> int:
     if isinstance(choice, str):
         if choice not in histograms.names:
             msg = f"no {histograms.process} simulation is named {choice!r}; the names are {histograms.names}."
@@ -879,6 +914,7 @@ class AnalysisResult:
         methods: The fit of each method.
         timings: Wall time of each step, in seconds.
         outputs: Paths of the files written, by kind.
+        ratio_models: The ratio models of the unbinned engine; None when it did not run.
     """
 
     config: AnalysisConfig
@@ -887,11 +923,16 @@ class AnalysisResult:
     methods: dict[str, MethodResult]
     timings: dict[str, float]
     outputs: dict[str, str] = field(default_factory=dict)
+    ratio_models: RatioModels | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the full record written to ``results.json``."""
         kappa_true = self.inputs.kappa_true
-        seeds: dict[str, Any] = {"binned": self.config.binned.seed}
+        seeds: dict[str, Any] = {}
+        if "binned" in self.config.engines:
+            seeds["binned"] = self.config.binned.seed
+        if "unbinned" in self.config.engines:
+            seeds["unbinned"] = self.config.unbinned.seed
         if self.config.pseudo_data is not None:
             seeds["pseudo_data"] = self.config.pseudo_data.seed
         return {
@@ -915,6 +956,7 @@ class AnalysisResult:
                 }
                 for process, (fit, reloaded) in self.topics.items()
             },
+            "ratio_models": None if self.ratio_models is None else self.ratio_models.to_dict(),
             "fits": {name: result.to_dict(kappa_true) for name, result in self.methods.items()},
             "timings_s": self.timings,
             "outputs": self.outputs,
@@ -940,6 +982,9 @@ class AnalysisResult:
             "topics_reloaded": {
                 process: reloaded for process, (_, reloaded) in self.topics.items()
             },
+            "ratio_models_reloaded": (
+                None if self.ratio_models is None else self.ratio_models.reloaded
+            ),
             "outputs": self.outputs,
         }
 
@@ -954,6 +999,10 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+# The unbinned scan shows the sandwich-corrected statistic q / lambda_corr.
+_SCAN_NOTES = {"tamm-unbinned": " ($q/\\lambda_\\mathrm{corr}$)"}
+
+
 def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, path: Path) -> None:
     import matplotlib as mpl
 
@@ -961,7 +1010,12 @@ def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, p
     import matplotlib.pyplot as plt
     import mplhep
 
-    colours = {TAMM_METHOD: "tab:red", BASELINE_METHOD: "tab:blue"}
+    colours = {
+        TAMM_METHOD: "tab:red",
+        BASELINE_METHOD: "tab:blue",
+        "tamm-unbinned": "tab:green",
+        "baseline-unbinned": "tab:purple",
+    }
     with plt.style.context(mplhep.style.ROOT):
         fig, ax = plt.subplots(figsize=(8, 6))
         for name, result in methods.items():
@@ -974,7 +1028,7 @@ def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, p
                 "-o",
                 ms=3,
                 color=colours.get(name),
-                label=f"{name}: $\\hat\\kappa$ = {result.fit.kappa:.4f}",
+                label=f"{name}{_SCAN_NOTES.get(name, '')}: $\\hat\\kappa$ = {result.fit.kappa:.4f}",
             )
         ax.axhline(_ONE_SIGMA_LEVEL, color="0.4", ls=":", lw=1, label="68.3 % level")
         if kappa_true is not None:
@@ -1031,6 +1085,8 @@ def _write_outputs(result: AnalysisResult, directory: Path) -> dict[str, str]:
     outputs = {kind: str(path) for kind, path in paths.items()}
     for process in result.topics:
         outputs[f"topics_{process}"] = str(directory / f"topics_{process}.json")
+    if result.ratio_models is not None and result.ratio_models.directory is not None:
+        outputs["ratio_models"] = str(result.ratio_models.directory)
     return outputs
 
 
@@ -1047,15 +1103,17 @@ def run_analysis(
     retrain: bool = False,
     write: bool = True,
     progress: Progress | None = None,
+    show_training: bool = False,
 ) -> AnalysisResult:
-    """Run a configured binned analysis from the input files to the output files.
+    """Run a configured analysis, with either engine or both, from the input files to the outputs.
 
     Args:
         config: A validated configuration (:func:`tamm.io.load_config`).
-        retrain: Learn the topics even if the output folder contains saved ones.
-        write: Write the outputs and the topics into ``config.output_dir``; False keeps
-            everything in memory (topics are then always learned).
+        retrain: Learn the topics and train the ratio models even if saved ones exist.
+        write: Write the outputs, the topics and the ratio models; False keeps everything in
+            memory (topics and ratio models are then always learned).
         progress: Called with a short description before each step.
+        show_training: Show the per-epoch progress bars of the ratio networks.
 
     Returns:
         The result; ``outputs`` lists the files written.
@@ -1065,10 +1123,11 @@ def run_analysis(
             the topics, an unknown baseline simulation, too few events for pseudo-data).
         InputFileError: If a file, tree, branch or histogram is missing.
         InvalidSimulationError: If an input has non-finite values or no events in the region.
-        ModelFileError: If saved topics are damaged or were learned from other inputs.
+        ModelFileError: If saved topics or ratio models are damaged or were learned from
+            other inputs.
 
     Warns:
-        ConvergenceWarning: If a topic fit or a kappa fit did not converge.
+        ConvergenceWarning: If a topic fit, a calibration or a kappa fit did not converge.
     """
 
     def step(text: str) -> None:
@@ -1076,42 +1135,71 @@ def run_analysis(
         if progress is not None:
             progress(text)
 
-    if "binned" not in config.engines:
-        raise ConfigError(
-            "engines", f"only the binned engine is available; received {list(config.engines)}."
-        )
     timings: dict[str, float] = {}
+    if "unbinned" in config.engines:
+        from tamm.unbinned_analysis import check_config
+
+        check_config(config)
 
     step("reading inputs")
     start = time.perf_counter()
     inputs = prepare_inputs(config)
     timings["read"] = time.perf_counter() - start
 
-    directory = config.output_dir if write else None
-    step("learning topics" if retrain or directory is None else "learning or loading topics")
-    start = time.perf_counter()
-    topics = learn_or_load_topics(
-        inputs.simulations,
-        n_topics=config.binned.n_topics,
-        seed=config.binned.seed,
-        options=config.binned.options,
-        directory=directory,
-        retrain=retrain,
-    )
-    timings["topics"] = time.perf_counter() - start
+    topics: dict[str, tuple[TopicFit, bool]] = {}
+    methods: dict[str, MethodResult] = {}
+    if "binned" in config.engines:
+        directory = config.output_dir if write else None
+        step("learning topics" if retrain or directory is None else "learning or loading topics")
+        start = time.perf_counter()
+        topics = learn_or_load_topics(
+            inputs.simulations,
+            n_topics=config.binned.n_topics,
+            seed=config.binned.seed,
+            options=config.binned.options,
+            directory=directory,
+            retrain=retrain,
+        )
+        timings["topics"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    methods = fit_binned(
-        inputs.simulations,
-        inputs.observed,
-        {process: fit for process, (fit, _) in topics.items()},
-        baseline=config.baseline,
-        scan=config.scan,
-        progress=step,
-    )
-    timings["fits_and_scans"] = time.perf_counter() - start
+        start = time.perf_counter()
+        methods.update(
+            fit_binned(
+                inputs.simulations,
+                inputs.observed,
+                {process: fit for process, (fit, _) in topics.items()},
+                baseline=config.baseline,
+                scan=config.scan,
+                progress=step,
+            )
+        )
+        timings["fits_and_scans"] = time.perf_counter() - start
 
-    result = AnalysisResult(config, inputs, topics, methods, timings)
+    ratio_models = None
+    if "unbinned" in config.engines:
+        from tamm.unbinned_analysis import (
+            fit_unbinned_methods,
+            load_or_train_ratio_models,
+            read_simulations,
+        )
+
+        step("reading the simulation events (unbinned)")
+        start = time.perf_counter()
+        events = read_simulations(config)
+        timings["read_events"] = time.perf_counter() - start
+
+        step("loading or training the ratio models" if write else "training the ratio models")
+        start = time.perf_counter()
+        ratio_models = load_or_train_ratio_models(
+            config, events, write=write, retrain=retrain, progress=show_training
+        )
+        timings["ratio_models"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        methods.update(fit_unbinned_methods(config, inputs, events, ratio_models, progress=step))
+        timings["unbinned_fits_and_scans"] = time.perf_counter() - start
+
+    result = AnalysisResult(config, inputs, topics, methods, timings, ratio_models=ratio_models)
     if not write:
         return result
     step("writing outputs")

@@ -135,8 +135,10 @@ def plot_binned_fit(
                 top.plot([], [], " ", label=f"true $\\kappa$ = {kappa_true:.4f}")
             top.set_xlabel(name)
             top.set_ylabel("events per bin")
-            # Head room above the histograms keeps the legend off the data.
-            top.set_ylim(0, 1.6 * top.get_ylim()[1])
+            # Head room above the histograms keeps the legend off the data; each legend line
+            # needs about an eighth of the histogram's height.
+            n_lines = 1 + min(len(fits), len(colours)) + (kappa_true is not None)
+            top.set_ylim(0, (1.2 + 0.13 * n_lines) * top.get_ylim()[1])
             top.legend(fontsize="x-small", loc="upper left")
 
             for row, process in enumerate(processes, start=1):

@@ -1,4 +1,4 @@
-"""``tamm fit CONFIG``: run a configured binned analysis on ROOT files."""
+"""``tamm fit CONFIG``: run a configured analysis (binned and/or unbinned engine) on ROOT files."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ def __dir__() -> list[str]:
     return __all__
 
 
-# Steps that run_analysis reports: reading, topics, one fit per method (two), writing.
-_N_STEPS = 5
+# Steps that run_analysis reports per engine (binned: topics and two fits; unbinned: events,
+# ratio models and two fits), plus reading and writing.
+_ENGINE_STEPS = {"binned": 3, "unbinned": 4}
 
 
 @click.command()
@@ -32,12 +33,12 @@ _N_STEPS = 5
     "--seed",
     type=click.IntRange(min=0),
     default=None,
-    help="Seed of the topic model. Overrides binned.seed of the configuration.",
+    help="Seed of both engines. Overrides binned.seed and unbinned.seed of the configuration.",
 )
 @click.option(
     "--retrain",
     is_flag=True,
-    help="Learn the topics again even if the output folder contains topics from an earlier run.",
+    help="Learn the topics and train the ratio models again even if saved ones exist.",
 )
 @click.option(
     "--output-file",
@@ -56,10 +57,12 @@ def fit(
 ) -> None:
     """Fit the signal fraction kappa of the data that CONFIG (a YAML file) describes.
 
-    Reads the simulations and the data and learns topics per process, or reloads those that an
-    earlier run with the same inputs saved in the output folder. Then fits kappa with TAMM and
-    with a single simulation per process, and scans the profile likelihood of kappa. Prints a
-    JSON summary; the full record is results.json in the output folder.
+    Reads the simulations and the data. The binned engine learns topics per process, or
+    reloads those that an earlier run with the same inputs saved in the output folder. The
+    unbinned engine reloads the ratio models that `tamm train --analysis CONFIG` (or an earlier
+    run) saved, or trains them. Each engine fits kappa with TAMM and with a single simulation
+    per process, and scans the profile likelihood of kappa. Prints a JSON summary; the full
+    record is results.json in the output folder.
     """
     from tqdm.auto import tqdm
 
@@ -67,7 +70,12 @@ def fit(
     from tamm.exceptions import TammError
     from tamm.io.config import load_config
 
-    with tqdm(total=_N_STEPS, desc="tamm fit", disable=quiet, file=sys.stderr, leave=False) as bar:
+    try:
+        settings = load_config(config).with_overrides(seed=seed, output_dir=output_dir)
+    except TammError as err:
+        raise click.ClickException(str(err)) from err
+    total = 2 + sum(_ENGINE_STEPS[engine] for engine in settings.engines)
+    with tqdm(total=total, desc="tamm fit", disable=quiet, file=sys.stderr, leave=False) as bar:
         started = False
 
         def progress(text: str) -> None:
@@ -78,8 +86,9 @@ def fit(
             bar.set_postfix_str(text)
 
         try:
-            settings = load_config(config).with_overrides(seed=seed, output_dir=output_dir)
-            result = run_analysis(settings, retrain=retrain, progress=progress)
+            result = run_analysis(
+                settings, retrain=retrain, progress=progress, show_training=not quiet
+            )
         except TammError as err:
             raise click.ClickException(str(err)) from err
         bar.update(bar.total - bar.n)

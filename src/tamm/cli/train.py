@@ -1,6 +1,11 @@
 """``tamm train``: train and calibrate the ratio ensemble of the unbinned engine, then save it.
 
-The simulations come from ``.npz`` files (named in a YAML or JSON config, or with
+For a ``tamm fit`` analysis, ``--analysis CONFIG`` reads the simulation trees that the analysis
+configuration names, trains the ensemble and the baseline network with its ``unbinned``
+settings, and saves both where ``tamm fit CONFIG`` looks for them (``unbinned.model_dir``, by
+default ``<output_dir>/ratio_models``).
+
+Otherwise the simulations come from ``.npz`` files (named in a YAML or JSON config, or with
 ``--simulation PROCESS=FILE``) or from the built-in Gaussian toy (``--toy``). Each ``.npz``
 file contains one simulation: an ``events`` array of shape ``(n_events, n_observables)`` and,
 optionally, a ``weights`` array of shape ``(n_events,)``. A config file looks like::
@@ -77,6 +82,12 @@ def _parse_hidden_units(
     multiple=True,
     metavar="PROCESS=FILE",
     help="Simulation file of PROCESS (.npz with an 'events' array). Repeat for every simulation.",
+)
+@click.option(
+    "--analysis",
+    "analysis_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Analysis configuration of `tamm fit`: train the unbinned engine's ratio models for it.",
 )
 @click.option("--toy", is_flag=True, help="Train on the built-in Gaussian toy instead of files.")
 @click.option(
@@ -166,8 +177,9 @@ def _parse_hidden_units(
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Directory the model is saved to (manifest.json and member_<m>.keras).",
+    default=None,
+    help="Directory the model is saved to (manifest.json and member_<m>.keras). Required "
+    "except with --analysis, whose default is the analysis's model folder.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model in --output-dir.")
 @click.option(
@@ -180,13 +192,14 @@ def _parse_hidden_units(
 def train(
     config_path: Path | None,
     simulation_specs: tuple[str, ...],
+    analysis_path: Path | None,
     toy: bool,
     n_simulations: int,
     n_events: int,
     seed: int | None,
     observables: str | None,
     region_limits: tuple[tuple[float, float], ...],
-    output_dir: Path,
+    output_dir: Path | None,
     overwrite: bool,
     output_file: Path | None,
     quiet: bool,
@@ -200,9 +213,26 @@ def train(
     """
     from tamm.exceptions import TammError
 
-    sources = sum([config_path is not None, bool(simulation_specs), toy])
+    sources = sum([config_path is not None, bool(simulation_specs), toy, analysis_path is not None])
     if sources != 1:
-        msg = "Give exactly one source of simulations: --config FILE, --simulation PROCESS=FILE (repeated), or --toy."
+        msg = "Give exactly one source of simulations: --analysis CONFIG, --config FILE, --simulation PROCESS=FILE (repeated), or --toy."
+        raise click.UsageError(msg)
+    if analysis_path is not None:
+        if observables is not None or region_limits:
+            msg = "--observables and --region-limits do not apply with --analysis; the analysis configuration sets them."
+            raise click.UsageError(msg)
+        summary = _run_analysis_job(
+            analysis_path,
+            seed=seed,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            progress=not quiet,
+            setting_options=setting_options,
+        )
+        _report(summary, output_file)
+        return
+    if output_dir is None:
+        msg = "Missing option '--output-dir': name the directory to save the model to."
         raise click.UsageError(msg)
     occupied = output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir()))
     if occupied and not overwrite:
@@ -227,7 +257,10 @@ def train(
         summary = _run(job, output_dir=output_dir, overwrite=overwrite, progress=not quiet)
     except TammError as err:
         raise click.ClickException(str(err)) from err
+    _report(summary, output_file)
 
+
+def _report(summary: Mapping[str, Any], output_file: Path | None) -> None:
     text = json.dumps(summary, indent=2, allow_nan=False)
     if output_file is None:
         click.echo(text)
@@ -239,6 +272,58 @@ def train(
             "Warning: the calibration of at least one class did not converge; see the summary.",
             err=True,
         )
+
+
+def _run_analysis_job(
+    path: Path,
+    *,
+    seed: int | None,
+    output_dir: Path | None,
+    overwrite: bool,
+    progress: bool,
+    setting_options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Train and save the ratio models of the unbinned engine for an analysis configuration."""
+    from dataclasses import replace
+
+    from tamm._version import __version__
+    from tamm.exceptions import TammError
+    from tamm.io.config import load_config
+    from tamm.unbinned_analysis import read_simulations, train_ratio_models
+
+    try:
+        config = load_config(path).with_overrides(seed=seed)
+        training = dict(config.unbinned.training)
+        training.update(
+            {name: value for name, value in setting_options.items() if value is not None}
+        )
+        unbinned = replace(config.unbinned, training=training)
+        if output_dir is not None:
+            unbinned = replace(unbinned, model_dir=output_dir.resolve())
+        config = replace(config, unbinned=unbinned)
+        directory = config.ratio_model_dir
+        if directory.exists() and any(directory.iterdir()) and not overwrite:
+            msg = f"{directory} already holds files; pass --overwrite to replace the models there, or choose another --output-dir."
+            raise click.UsageError(msg)
+        started = time.perf_counter()
+        simulations = read_simulations(config)
+        read = time.perf_counter() - started
+        models = train_ratio_models(config, simulations, directory=directory, progress=progress)
+    except TammError as err:
+        raise click.ClickException(str(err)) from err
+    return {
+        "output_dir": str(directory),
+        "tamm_version": __version__,
+        "source": {"analysis": str(path)},
+        "simulations": {process: sims.names for process, sims in simulations.items()},
+        "region": config.region.to_dict(),
+        "n_classes": models.ensemble.n_classes,
+        "n_members": models.ensemble.n_members,
+        "classes": models.ensemble.describe_classes(),
+        "all_converged": all(fit.converged for fit in models.ensemble.fits)
+        and models.baseline.fit.converged,
+        "training": {**models.training, "read_seconds": read},
+    }
 
 
 def _toy_job(*, n_simulations: int, n_events: int, seed: int) -> dict[str, Any]:

@@ -30,9 +30,17 @@ The schema, with defaults::
       kappa: 0.3
       n_events: 2000
       seed: 1
-    engines: [binned]                     # "unbinned" is not available yet
+    engines: [binned]                     # and/or unbinned
     binned: {n_topics: 3, seed: 0}        # also n_restarts, max_iter, tol, doc_topic_prior,
                                           # topic_word_prior (see tamm.topics.TopicModel)
+    unbinned:                             # settings of the unbinned engine
+      model_dir: null                     # saved ratio models; default <output_dir>/ratio_models
+      seed: 0                             # seed of training and of the reference split
+      training: {n_members: 4}            # any tamm.ratios.TrainingSettings field
+      n_reference: null                   # reference events; default min(K_s N, pool / 2)
+      n_penalty: null                     # penalty events; default as n_reference
+      ridge_strength: 1.0
+      penalty_strength: 1.0
     baseline: {simulation: 0, prior: 1.0} # index or name; or {signal: 0, background: 2}
     scan: {points: 41, width: 4.0}        # profile scan of kappa: grid size, half-width in sigma
     reader: {step_size: "50 MB"}          # uproot chunk size (entries or memory)
@@ -62,6 +70,7 @@ __all__ = [
     "PseudoDataConfig",
     "ScanConfig",
     "SourceConfig",
+    "UnbinnedConfig",
     "load_config",
     "parse_config",
 ]
@@ -74,7 +83,7 @@ def __dir__() -> list[str]:
 KNOWN_ENGINES = ("binned", "unbinned")
 """Engine names that tamm defines."""
 
-AVAILABLE_ENGINES = ("binned",)
+AVAILABLE_ENGINES = ("binned", "unbinned")
 """Engines that ``tamm fit`` can run in this version."""
 
 PROCESSES = ("signal", "background")
@@ -86,8 +95,6 @@ _TOPIC_OPTIONS = {
     "doc_topic_prior": "float",
     "topic_word_prior": "float",
 }
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +188,45 @@ class BinnedConfig:
 
 
 @dataclass(frozen=True)
+class UnbinnedConfig:
+    """Settings of the unbinned (ratio-network) engine.
+
+    Attributes:
+        model_dir: Folder of the saved ratio models (``ensemble/`` and ``baseline/``), or None
+            for ``<output_dir>/ratio_models``. A folder named here must exist unless the models
+            are trained (``tamm train --analysis`` or ``tamm fit --retrain``).
+        seed: Master seed of the network training and of the split of the pooled simulation
+            events into reference and penalty samples.
+        training: :class:`~tamm.ratios.TrainingSettings` fields given in the file.
+        n_reference: Events in the reference sample; None for ``min(K_s N, M / 2)`` with
+            ``K_s`` signal simulations, ``N`` data events and ``M`` pooled events in the region.
+        n_penalty: Events in the penalty sample; None for the same size as the reference.
+        ridge_strength: Strength of the ridge on the mixture weights.
+        penalty_strength: Strength of the equal-normalisation penalty.
+    """
+
+    model_dir: Path | None = None
+    seed: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    n_reference: int | None = None
+    n_penalty: int | None = None
+    ridge_strength: float = 1.0
+    penalty_strength: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-friendly record."""
+        return {
+            "model_dir": None if self.model_dir is None else str(self.model_dir),
+            "seed": self.seed,
+            "training": dict(self.training),
+            "n_reference": self.n_reference,
+            "n_penalty": self.n_penalty,
+            "ridge_strength": self.ridge_strength,
+            "penalty_strength": self.penalty_strength,
+        }
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """Which simulation of each process the single-simulation baseline uses.
 
@@ -232,6 +278,7 @@ class AnalysisConfig:
         pseudo_data: Pseudo-data settings, or None when ``data`` is used.
         engines: Engines to run.
         binned: Settings of the binned engine.
+        unbinned: Settings of the unbinned engine.
         baseline: Settings of the single-simulation baseline.
         scan: Settings of the profile scan.
         output_dir: Folder for the outputs, resolved to an absolute path.
@@ -246,6 +293,7 @@ class AnalysisConfig:
     pseudo_data: PseudoDataConfig | None
     engines: tuple[str, ...] = ("binned",)
     binned: BinnedConfig = field(default_factory=BinnedConfig)
+    unbinned: UnbinnedConfig = field(default_factory=UnbinnedConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     output_dir: Path = Path("tamm-output")
@@ -254,13 +302,25 @@ class AnalysisConfig:
     def with_overrides(
         self, *, seed: int | None = None, output_dir: str | Path | None = None
     ) -> AnalysisConfig:
-        """Return a copy with the topic-model seed and/or the output folder replaced."""
+        """Return a copy with the seeds of both engines and/or the output folder replaced."""
         config = self
         if seed is not None:
-            config = replace(config, binned=replace(config.binned, seed=_int(seed, "seed", 0)))
+            value = _int(seed, "seed", 0)
+            config = replace(
+                config,
+                binned=replace(config.binned, seed=value),
+                unbinned=replace(config.unbinned, seed=value),
+            )
         if output_dir is not None:
             config = replace(config, output_dir=Path(output_dir).resolve())
         return config
+
+    @property
+    def ratio_model_dir(self) -> Path:
+        """Folder of the saved ratio models: ``unbinned.model_dir`` or ``<output_dir>/ratio_models``."""
+        if self.unbinned.model_dir is not None:
+            return self.unbinned.model_dir
+        return self.output_dir / "ratio_models"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a JSON-friendly mapping, with resolved paths."""
@@ -276,6 +336,7 @@ class AnalysisConfig:
             "pseudo_data": None if self.pseudo_data is None else self.pseudo_data.to_dict(),
             "engines": list(self.engines),
             "binned": self.binned.to_dict(),
+            "unbinned": self.unbinned.to_dict(),
             "baseline": self.baseline.to_dict(),
             "scan": self.scan.to_dict(),
             "output_dir": str(self.output_dir),
@@ -514,6 +575,47 @@ def _binned(value: Any) -> BinnedConfig:
     )
 
 
+def _optional_size(value: Any, key: str) -> int | None:
+    return None if value is None else _int(value, key, 1)
+
+
+def _unbinned(value: Any, base_dir: Path) -> UnbinnedConfig:
+    key = "unbinned"
+    entry = _mapping(value, key)
+    _check_keys(
+        entry,
+        key,
+        (
+            "model_dir",
+            "seed",
+            "training",
+            "n_reference",
+            "n_penalty",
+            "ridge_strength",
+            "penalty_strength",
+        ),
+    )
+    training = dict(_mapping(entry.get("training", {}), f"{key}.training"))
+    if training:
+        from tamm.exceptions import InvalidModelError
+        from tamm.ratios.ensemble import TrainingSettings
+
+        try:
+            TrainingSettings.from_dict(training)
+        except (InvalidModelError, TypeError) as err:
+            raise ConfigError(f"{key}.training", str(err)) from err
+    model_dir = entry.get("model_dir")
+    return UnbinnedConfig(
+        model_dir=None if model_dir is None else _path(model_dir, f"{key}.model_dir", base_dir),
+        seed=_int(entry.get("seed", 0), f"{key}.seed", 0),
+        training=training,
+        n_reference=_optional_size(entry.get("n_reference"), f"{key}.n_reference"),
+        n_penalty=_optional_size(entry.get("n_penalty"), f"{key}.n_penalty"),
+        ridge_strength=_float(entry.get("ridge_strength", 1.0), f"{key}.ridge_strength", 0.0),
+        penalty_strength=_float(entry.get("penalty_strength", 1.0), f"{key}.penalty_strength", 0.0),
+    )
+
+
 def _simulation_choice(value: Any, key: str) -> int | str:
     if isinstance(value, str):
         return _str(value, key)
@@ -563,6 +665,7 @@ _TOP_KEYS = (
     "pseudo_data",
     "engines",
     "binned",
+    "unbinned",
     "baseline",
     "scan",
     "reader",
@@ -624,6 +727,7 @@ def parse_config(
         pseudo_data=_pseudo_data(entries["pseudo_data"], base) if has_pseudo else None,
         engines=_engines(entries.get("engines", ["binned"])),
         binned=_binned(entries.get("binned", {})),
+        unbinned=_unbinned(entries.get("unbinned", {}), base),
         baseline=_baseline(entries.get("baseline", {})),
         scan=_scan(entries.get("scan", {})),
         output_dir=output_dir,

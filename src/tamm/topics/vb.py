@@ -702,7 +702,7 @@ def _run_restart(
     max_iter: int,
     tol: float,
 ) -> _RestartResult:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     loop = _compiled_variational_loop()
     outputs = loop(
@@ -737,7 +737,7 @@ def _elbo(
 
     The categorical factors are at their optimum for the given parameters.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     functions = _variational_functions()
     value = functions.compiled_elbo(
@@ -759,8 +759,8 @@ class _VariationalFunctions(NamedTuple):
 @functools.cache
 def _variational_functions() -> _VariationalFunctions:
     """Build the TensorFlow ELBO and update functions (imports TensorFlow on the first call)."""
-    import tensorflow as tf  # noqa: PLC0415
-    import tensorflow_probability as tfp  # noqa: PLC0415
+    import tensorflow as tf
+    import tensorflow_probability as tfp
 
     dirichlet = tfp.distributions.Dirichlet
 
@@ -820,7 +820,7 @@ def _compiled_variational_loop() -> Callable[..., Any]:
 
     The input signature leaves every dimension open, so the loop is traced once per process.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     functions = _variational_functions()
     scalar = tf.TensorSpec([], tf.float64)
