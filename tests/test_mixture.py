@@ -20,6 +20,7 @@ from tamm.exceptions import ConvergenceWarning, InvalidModelError, InvalidSimula
 from tamm.mixture import (
     MixtureSamples,
     TemplateAdaptedLikelihood,
+    baseline_scan,
     build_samples,
     fit_baseline_unbinned,
     fit_unbinned,
@@ -594,6 +595,25 @@ def test_baseline_with_true_templates_recovers_kappa(gaussian_toy):
         fit = fit_baseline_unbinned(data, reference, kappa_test=kappa_true)
         assert abs(fit.kappa_fit.pull(kappa_true)) < 3.0
         assert abs(fit.z - fit.kappa_fit.pull(kappa_true)) < 0.2
+
+
+def test_baseline_scan_matches_loss(gaussian_toy):
+    data, reference, kappa_true = baseline_inputs(gaussian_toy, 0)
+    fit = fit_baseline_unbinned(data, reference, kappa_test=kappa_true, tolerance=1e-14)
+    grid = np.array([kappa_true, fit.kappa, fit.kappa + 0.1 * fit.sigma])
+    q = baseline_scan(data, reference, fit, grid)
+    assert q[0] == pytest.approx(fit.q, abs=1e-9)
+    assert q[1] == pytest.approx(0.0, abs=1e-9)
+    # Near the minimum q = A (kappa - kappa_hat)^2 up to a cubic term, which is below 1 % of
+    # the quadratic one at 0.1 sigma from the minimum for these 55 000 events.
+    assert q[2] == pytest.approx(fit.hessian * (0.1 * fit.sigma) ** 2, rel=0.01)
+
+
+def test_baseline_scan_rejects_bad_grid(gaussian_toy):
+    data, reference, _ = baseline_inputs(gaussian_toy, 0)
+    fit = fit_baseline_unbinned(data, reference)
+    with pytest.raises(InvalidModelError, match=r"kappa_values must be a finite"):
+        baseline_scan(data, reference, fit, [0.1, np.nan])
 
 
 def test_baseline_rejects_bad_input():

@@ -67,7 +67,7 @@ def test_example_config_is_valid():
     config = load_config(EXAMPLE / "config.yaml")
     assert config.observables == ("nconst", "ptd")
     assert config.region.shape == (7, 6)
-    assert config.engines == ("binned",)
+    assert config.engines == ("binned", "unbinned")
     assert config.pseudo_data is not None
     assert config.output_dir == EXAMPLE / "qg-output"
 
@@ -83,6 +83,13 @@ def test_example_runs_end_to_end(example_config):
         f"simulations_signal:msd_{i:02d}" for i in range(8)
     ]
     assert all(s["n_entries"] == 2000 for s in record["simulations"]["background"])
+    assert set(record["fits"]) == {
+        "tamm-binned",
+        "baseline",
+        "tamm-unbinned",
+        "baseline-unbinned",
+    }
+    assert record["ratio_models"]["n_classes"] == 16
     for method, fit in record["fits"].items():
         assert fit["converged"], method
         lower, upper = fit["interval_68"]
@@ -91,11 +98,12 @@ def test_example_runs_end_to_end(example_config):
     with uproot.open(out / "fit.root") as handle:
         assert handle.classnames()["tamm_binned/signal;1"] == "TH2D"
         np.testing.assert_allclose(handle["data"].values().sum(), 2000)
-        for method, folder in (("tamm-binned", "tamm_binned"), ("baseline", "baseline")):
+        for method in record["fits"]:
+            folder = method.replace("-", "_")
             yields = record["fits"][method]["yields"]
             for part in ("signal", "background", "total"):
                 np.testing.assert_allclose(
-                    handle[f"{folder}/{part}"].values().sum(), yields[part], rtol=1e-12
+                    handle[f"{folder}/{part}"].values().sum(), yields[part], rtol=1e-9
                 )
             np.testing.assert_allclose(
                 yields["signal"] / yields["total"], record["fits"][method]["kappa"], rtol=1e-9
@@ -116,9 +124,24 @@ def test_study_draws_without_replacement():
 @requires_data
 def test_study_small_run(example_config):
     study = _load_script("study")
-    record = study.run_study(example_config, [0.2], 2, 500, 1, profile=False, all_baselines=True)
+    record = study.run_study(
+        example_config,
+        [0.2],
+        2,
+        500,
+        1,
+        profile=False,
+        all_baselines=True,
+    )
     summary = record["summaries"]["0.2"]
-    assert set(summary) == {"tamm-binned", "baseline", *(f"baseline[{i}]" for i in range(8))}
+    assert set(summary) == {
+        "tamm-binned",
+        "baseline",
+        "tamm-unbinned",
+        "baseline-unbinned",
+        *(f"baseline[{i}]" for i in range(8)),
+    }
+    assert record["engines"] == ["binned", "unbinned"]
     assert summary["tamm-binned"]["n_datasets"] == 2
     assert "bias" in study.format_table(record["summaries"])
 
@@ -132,8 +155,14 @@ def test_study_twenty_datasets_per_kappa(example_config):
     study = _load_script("study")
     record = study.run_study(example_config, [0.2, 0.5], 20, 2000, 20260402, profile=True)
     for methods in record["summaries"].values():
-        for summary in methods.values():
-            assert summary["n_valid"] == 20
+        assert set(methods) == {"tamm-binned", "baseline", "tamm-unbinned", "baseline-unbinned"}
+        for method, summary in methods.items():
+            assert summary["n_datasets"] == 20
+            # The binned fits must all converge. The unbinned TAMM fit failed on 6 of 100
+            # datasets of the full study (noisy networks from 2000 jets per simulation, and
+            # the failures are reported). Allowing 5 of 20 fails only if that rate triples.
+            minimum = 20 if method in ("tamm-binned", "baseline") else 15
+            assert summary["n_valid"] >= minimum, method
             assert 0.0 <= summary["coverage"] <= 1.0
             assert np.isfinite(summary["pull_std"])
 

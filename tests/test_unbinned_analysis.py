@@ -26,6 +26,7 @@ from tamm.cli.train import train as train_command
 from tamm.datasets import GaussianToy
 from tamm.exceptions import ModelFileError
 from tamm.io import ConfigError, load_config, write_tree
+from tamm.unbinned_analysis import _as_scan_record
 
 N_SIMULATIONS = 4
 N_PER_SIMULATION = 6000
@@ -151,8 +152,9 @@ def test_fit_reports_both_unbinned_methods(fitted):
         assert record["yields"]["total"] == pytest.approx(n_events)
 
 
-def test_profile_interval_matches_sigma(fitted):
-    record = fitted["fits"]["tamm-unbinned"]
+@pytest.mark.parametrize("method", ["tamm-unbinned", "baseline-unbinned"])
+def test_profile_interval_matches_sigma(fitted, method):
+    record = fitted["fits"][method]
     low, high = record["interval_68"]
     assert low < record["kappa"] < high
     # The scan contains q / lambda_corr, whose curvature at the minimum is 1 / sigma^2 of the
@@ -268,3 +270,24 @@ def test_write_false_trains_in_memory(inputs, tmp_path):
     assert not result.ratio_models.reloaded
     assert result.methods["tamm-unbinned"].fit.converged
     assert not (tmp_path / "unused").exists()
+
+
+def test_scan_record_uses_lower_minimum(caplog):
+    # A grid point below the fit (q < 0) means the fit stopped in a local minimum: the curve
+    # is shifted so that point is the minimum, and a warning says so.
+    kappa = np.array([0.1, 0.2, 0.3, 0.4])
+    q = np.array([4.0, 1.0, -0.5, 3.5])
+    with caplog.at_level("WARNING", logger="tamm.unbinned_analysis"):
+        record = _as_scan_record(kappa, q, np.ones(4, dtype=bool), 0.25, 2.0)
+    assert "stopped in a local minimum" in caplog.text
+    assert record.kappa.tolist() == [0.1, 0.2, 0.25, 0.3, 0.4]
+    np.testing.assert_allclose(record.delta_twice_nll, [2.25, 0.75, 0.25, 0.0, 2.0])
+    assert record.converged.all()
+
+
+def test_scan_record_drops_failed_points():
+    kappa = np.array([0.1, 0.2, 0.3])
+    q = np.array([np.inf, 1.0, 2.0])
+    record = _as_scan_record(kappa, q, np.isfinite(q), 0.15, 1.0)
+    assert record.converged.tolist() == [False, True, True, True]
+    assert record.delta_twice_nll[1] == 0.0

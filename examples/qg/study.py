@@ -2,7 +2,8 @@
 
 For each true signal fraction, the study draws ``--n-datasets`` pseudo-datasets of
 ``--n-events`` jets without replacement from the "nature" trees (inside the region of the
-configuration), fits each with TAMM (binned) and with the single-simulation baseline, and
+configuration), fits each with the engines of the configuration (or ``--engines``): TAMM
+binned and its single-simulation baseline, and TAMM unbinned and its baseline network. It
 reports per method:
 
 - bias: the mean of ``kappa_hat - kappa_true``, with its standard error;
@@ -21,7 +22,9 @@ composition is absent and an unbiased method with correct sigma covers somewhat 
 68.27 %. The datasets of one kappa share jets (each draws 2000 of the same 5000), so they are
 not independent and the quoted standard errors are lower bounds.
 
-The topics are learned once from the simulations, because they do not depend on the data.
+The topics and the ratio networks are learned once from the simulations, because they do not
+depend on the data. The networks are trained in memory with the configuration's ``unbinned``
+settings; the study does not read or write saved models.
 
 Run from the repository root::
 
@@ -36,6 +39,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,11 @@ from tamm.analysis import fit_binned, learn_or_load_topics, prepare_inputs
 from tamm.io import load_config, read_tree
 from tamm.io.config import ScanConfig
 from tamm.pyhf import baseline_spec, build_workspace, fit_kappa, model_and_data
+from tamm.unbinned_analysis import (
+    fit_unbinned_methods,
+    load_or_train_ratio_models,
+    read_simulations,
+)
 
 log = logging.getLogger("qg-study")
 
@@ -115,7 +124,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def format_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Format the summaries as a fixed-width text table."""
     header = (
-        f"{'kappa':>5} {'method':<12} {'n':>3} {'bias':>17} {'sigma':>7} {'pull mean':>9} "
+        f"{'kappa':>5} {'method':<17} {'n':>3} {'bias':>17} {'sigma':>7} {'pull mean':>9} "
         f"{'pull std':>8} {'cov(sigma)':>14} {'cov(profile)':>12}"
     )
     lines = [header, "-" * len(header)]
@@ -124,7 +133,7 @@ def format_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
             profile = s.get("profile_coverage")
             profile_text = "-" if profile is None else f"{profile:.3f}"
             lines.append(
-                f"{float(kappa):5.2f} {method:<12} {s['n_valid']:>3} "
+                f"{float(kappa):5.2f} {method:<17} {s['n_valid']:>3} "
                 f"{s['bias']:+8.4f} +- {s['bias_error']:.4f} {s['mean_sigma']:7.4f} "
                 f"{s['pull_mean']:+9.2f} {s['pull_std']:8.2f} "
                 f"{s['coverage']:6.3f} +- {s['coverage_error']:.3f} {profile_text:>12}"
@@ -142,22 +151,31 @@ def run_study(
     *,
     profile: bool,
     all_baselines: bool = False,
+    engines: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the study; return the per-dataset rows, the summaries and the settings."""
     config = load_config(config_path)
+    if engines is not None:
+        config = replace(config, engines=tuple(engines))
     if config.pseudo_data is None:
         msg = f"{config_path} has no pseudo_data section naming the nature trees."
         raise SystemExit(msg)
     started = time.perf_counter()
 
     inputs = prepare_inputs(config)
-    topics = learn_or_load_topics(
-        inputs.simulations,
-        n_topics=config.binned.n_topics,
-        seed=config.binned.seed,
-        options=config.binned.options,
-    )
-    topic_fits = {process: fit for process, (fit, _) in topics.items()}
+    topic_fits = {}
+    if "binned" in config.engines:
+        topics = learn_or_load_topics(
+            inputs.simulations,
+            n_topics=config.binned.n_topics,
+            seed=config.binned.seed,
+            options=config.binned.options,
+        )
+        topic_fits = {process: fit for process, (fit, _) in topics.items()}
+    simulations = models = None
+    if "unbinned" in config.engines:
+        simulations = read_simulations(config)
+        models = load_or_train_ratio_models(config, simulations, write=False)
     region = config.region
     pools = {
         process: read_tree(source.file, source.tree or "", region.observables, region=region).events
@@ -175,15 +193,24 @@ def run_study(
         rng = np.random.default_rng(child)
         for index in range(n_datasets):
             events, kappa_true = draw_dataset(pools, kappa, n_events, rng)
-            results = fit_binned(
-                inputs.simulations,
-                region.histogram(events),
-                topic_fits,
-                baseline=config.baseline,
-                scan=scan,
-            )
+            results = {}
+            if topic_fits:
+                results.update(
+                    fit_binned(
+                        inputs.simulations,
+                        region.histogram(events),
+                        topic_fits,
+                        baseline=config.baseline,
+                        scan=scan,
+                    )
+                )
+            if models is not None and simulations is not None:
+                dataset = replace(inputs, observed=region.histogram(events), data_events=events)
+                results.update(
+                    fit_unbinned_methods(config, dataset, simulations, models, scan=profile)
+                )
             fits = {method: (result.fit, result.interval) for method, result in results.items()}
-            if all_baselines:
+            if all_baselines and topic_fits:
                 observed = region.histogram(events)
                 others = fit_other_baselines(inputs.simulations, observed, config.baseline.prior)
                 fits.update({method: (fit, None) for method, fit in others.items()})
@@ -217,8 +244,10 @@ def run_study(
         "n_datasets": n_datasets,
         "n_events": n_events,
         "seed": seed,
+        "engines": list(config.engines),
         "n_topics": config.binned.n_topics,
         "topic_seed": config.binned.seed,
+        "unbinned": config.unbinned.to_dict(),
         "baseline": config.baseline.to_dict(),
         "profile_intervals": profile,
         "all_baselines": all_baselines,
@@ -245,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Also fit the baseline with every simulation index, as baseline[i].",
     )
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["binned", "unbinned"],
+        default=None,
+        help="Engines to run [default: the configuration's engines].",
+    )
     parser.add_argument("--output", type=Path, default=None, help="Write the full record (JSON).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -257,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         profile=args.profile,
         all_baselines=args.all_baselines,
+        engines=args.engines,
     )
     print(format_table(record["summaries"]))
     print(f"wall time: {record['wall_time_s']:.1f} s")

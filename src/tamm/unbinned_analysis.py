@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ UNBINNED_BASELINE_METHOD = "baseline-unbinned"
 _ENSEMBLE_FOLDER = "ensemble"
 _BASELINE_FOLDER = "baseline"
 _TRAINING_RECORD = "training.json"
+# A scan point whose profiled q is below the free fit's by more than this (in units of
+# 2 Delta loss) shows that the free fit stopped in a local minimum.
+_LOWER_MINIMUM_TOLERANCE = 1e-3
 
 Progress = Callable[[str], None]
 
@@ -397,17 +401,60 @@ def _projected(
     return np.asarray(counts * (total / norm) if norm > 0 else counts, dtype=np.float64)
 
 
-def _scan_from_profile(
-    kappa_hat: float, kappa: NDArray[np.float64], corrected: NDArray[np.float64], converged: Any
+def _corrected_scan(likelihood: Any, fit: Any, grid: NDArray[np.float64]) -> Any:
+    """Scan ``q / lambda_corr`` of TAMM on a grid and return it as the binned engine's scan record.
+
+    Points whose profiled fit failed are left out of the interval. Their convergence warnings
+    are summarised in one log line, because far from the best fit many points can have an
+    invalid model (negative on a data event).
+    """
+    from tamm.exceptions import ConvergenceWarning
+    from tamm.mixture import profile_scan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        profile = profile_scan(likelihood, fit, grid)
+    converged = np.asarray(profile.converged, dtype=bool) & np.isfinite(profile.q)
+    if not np.all(converged):
+        log.warning(
+            "profile scan of %s: the profiled fit failed at kappa = %s; those points are left "
+            "out of the interval",
+            TAMM_UNBINNED_METHOD,
+            np.round(profile.kappa[~converged], 6).tolist(),
+        )
+    return _as_scan_record(profile.kappa, profile.q, converged, fit.kappa, profile.lambda_corr)
+
+
+def _as_scan_record(
+    kappa: NDArray[np.float64],
+    q: NDArray[np.float64],
+    converged: NDArray[np.bool_],
+    kappa_hat: float,
+    lambda_corr: float,
 ) -> Any:
-    """Turn a corrected profile statistic into the scan record of the binned engine."""
+    """Return ``q / lambda_corr`` with the best fit added, as the binned engine's scan record.
+
+    The minimum is the lowest of the best fit (``q = 0``) and the converged grid points. A
+    grid point below the best fit shows that the fit stopped in a local minimum, and the
+    interval is then taken around that point (with a warning).
+    """
     from tamm.analysis import ProfileScan
 
+    values = np.append(q, 0.0)
+    ok = np.append(converged, True)
     grid = np.append(kappa, kappa_hat)
-    values = np.append(corrected, 0.0)
-    ok = np.append(np.asarray(converged, dtype=bool), True)
+    lowest = float(np.min(values[ok]))
+    if lowest < -_LOWER_MINIMUM_TOLERANCE:
+        log.warning(
+            "profile scan: the loss at kappa = %.6g is %.3g below the fit at kappa = %.6g, so the "
+            "fit stopped in a local minimum; the interval is taken around the lower point",
+            float(grid[ok][np.argmin(values[ok])]),
+            -0.5 * lowest,
+            kappa_hat,
+        )
+    corrected = (values - min(lowest, 0.0)) / lambda_corr
     order = np.argsort(grid, kind="stable")
-    return ProfileScan(grid[order], values[order], ok[order])
+    return ProfileScan(grid[order], corrected[order], ok[order])
 
 
 def _scan_grid(kappa: float, sigma: float, points: int, width: float) -> NDArray[np.float64]:
@@ -457,9 +504,9 @@ def fit_unbinned_methods(
     from tamm.mixture import (
         MixtureSamples,
         TemplateAdaptedLikelihood,
+        baseline_scan,
         fit_baseline_unbinned,
         fit_unbinned,
-        profile_scan,
     )
 
     if inputs.data_events is None:
@@ -507,11 +554,7 @@ def fit_unbinned_methods(
     profile_record = None
     if scan and tamm_fit.converged:
         grid = _scan_grid(tamm_fit.kappa, tamm_fit.sigma, config.scan.points, config.scan.width)
-        profile = profile_scan(likelihood, tamm_fit, grid)
-        corrected = np.maximum(profile.q, 0.0) / profile.lambda_corr
-        profile_record = _scan_from_profile(
-            tamm_fit.kappa, profile.kappa, corrected, profile.converged
-        )
+        profile_record = _corrected_scan(likelihood, tamm_fit, grid)
 
     # Fitted shapes: reference events weighted by R_s and R_b, in the region's bins (c_s and
     # c_b drop out when each shape is scaled to its fitted yield).
@@ -559,8 +602,16 @@ def fit_unbinned_methods(
     baseline_ratio = models.baseline
     data_log_ratio = baseline_ratio.log_ratio(data, region)
     reference_log_ratio = baseline_ratio.log_ratio(background_events, region)
-    baseline_fit = fit_baseline_unbinned(data_log_ratio, reference_log_ratio).kappa_fit
+    baseline_result = fit_baseline_unbinned(data_log_ratio, reference_log_ratio)
+    baseline_fit = baseline_result.kappa_fit
     kappa_b = baseline_fit.kappa
+    baseline_profile = None
+    if scan and baseline_fit.converged:
+        grid = _scan_grid(kappa_b, baseline_fit.sigma, config.scan.points, config.scan.width)
+        q = baseline_scan(data_log_ratio, reference_log_ratio, baseline_result, grid)
+        baseline_profile = _as_scan_record(
+            grid, q, np.isfinite(q), baseline_result.kappa, baseline_result.lambda_corr
+        )
     # The baseline's signal shape is r p_b: background events weighted by the ratio r.
     baseline_signal = _projected(
         region,
@@ -576,7 +627,7 @@ def fit_unbinned_methods(
         region,
         baseline_signal,
         baseline_background,
-        None,
+        baseline_profile,
         {"simulations": {"signal": signal_sim.name, "background": background_sim.name}},
     )
     log.info(

@@ -9,7 +9,8 @@ kappa with a sandwich uncertainty and profile-likelihood intervals; it never cal
   :class:`TemplateAdaptedLikelihood` (exact gradient and Hessian) and :func:`tensorflow_loss`.
 * :mod:`tamm.mixture.sandwich`: :func:`sandwich_covariance`.
 * :mod:`tamm.mixture.fit`: :func:`fit_unbinned`, :func:`profile_kappa`, :func:`profile_scan`,
-  :func:`profile_intervals` and the single-simulation :func:`fit_baseline_unbinned`.
+  :func:`profile_intervals` and the single-simulation :func:`fit_baseline_unbinned` with its
+  :func:`baseline_scan`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tamm.mixture.fit import (
     ProfileIntervals,
     ProfileScan,
     UnbinnedFit,
+    baseline_scan,
     fit_baseline_unbinned,
     fit_unbinned,
     profile_intervals,
@@ -47,6 +49,7 @@ __all__ = [
     "SandwichCovariance",
     "TemplateAdaptedLikelihood",
     "UnbinnedFit",
+    "baseline_scan",
     "build_samples",
     "fit_baseline_unbinned",
     "fit_unbinned",

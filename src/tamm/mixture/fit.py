@@ -46,6 +46,7 @@ __all__ = [
     "ProfileIntervals",
     "ProfileScan",
     "UnbinnedFit",
+    "baseline_scan",
     "fit_baseline_unbinned",
     "fit_unbinned",
     "profile_intervals",
@@ -966,3 +967,39 @@ def fit_baseline_unbinned(
         kappa_test=math.nan if kappa_test is None else float(kappa_test),
         loss_test=loss_test,
     )
+
+
+def baseline_scan(
+    data_log_ratio: ArrayLike,
+    reference_log_ratio: ArrayLike,
+    fit: BaselineFit,
+    kappa_values: ArrayLike,
+) -> NDArray[np.float64]:
+    """Return ``q(kappa) = 2 [L(kappa) - L(kappa_hat)]`` of the baseline on a grid.
+
+    The baseline has kappa as its only parameter, so this is its profile statistic; divide it
+    by ``fit.lambda_corr`` for the sandwich-corrected statistic.
+
+    Args:
+        data_log_ratio: ``log r(x_i)`` on the data, as passed to :func:`fit_baseline_unbinned`.
+        reference_log_ratio: ``log r(y_j)`` on the background reference sample, likewise.
+        fit: The fit of the same inputs.
+        kappa_values: Grid of kappa values, shape ``(m,)``.
+
+    Returns:
+        ``q`` at each grid value, shape ``(m,)``; ``+inf`` where the model is negative on a
+        data event.
+
+    Raises:
+        InvalidModelError: If an input is empty, not 1-D or not finite.
+    """
+    loss = _BaselineLoss(
+        _check_log_ratio_vector(data_log_ratio, "data_log_ratio"),
+        _check_log_ratio_vector(reference_log_ratio, "reference_log_ratio"),
+    )
+    grid = np.asarray(kappa_values, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+        msg = f"kappa_values must be a finite, non-empty 1-D array; received {grid!r}."
+        raise InvalidModelError(msg)
+    values = np.array([loss.value(np.array([kappa])) for kappa in grid])
+    return np.asarray(2.0 * (values - fit.loss), dtype=np.float64)

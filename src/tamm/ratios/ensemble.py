@@ -1246,6 +1246,7 @@ def _train_member(
     validation_losses: list[float] = []
     epoch_seconds: list[float] = []
     batch = settings.batch_size
+    stop = False
     bar = tqdm(
         total=settings.max_epochs,
         desc=f"member {index + 1}/{settings.n_members}",
@@ -1294,6 +1295,18 @@ def _train_member(
                     settings.patience,
                 )
                 break
+    if not stop:
+        # NOTE: a member that is still improving at max_epochs may be undertrained. With few
+        # events and the default batch size, an epoch is only a few gradient steps.
+        log.warning(
+            "member %d: training reached max_epochs=%d without an early stop (best validation "
+            "loss at epoch %d, %d events per batch), so the network may be undertrained; raise "
+            "max_epochs or lower batch_size",
+            index + 1,
+            settings.max_epochs,
+            stopper.best_epoch + 1,
+            settings.batch_size,
+        )
     stopper.restore(model)
     log.info(
         "member %d: restored the weights of epoch %d (validation loss %.6f)",
