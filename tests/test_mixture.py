@@ -505,6 +505,23 @@ def test_profile_intervals_match_sandwich_when_parabolic(separated_fit):
     assert np.all(intervals.scan.converged)
 
 
+def test_profile_walk_stops_where_model_invalid(separated_fit, caplog):
+    likelihood, fit, _ = separated_fit
+    # A level far beyond reach sends the walk past kappa = 1, where 1 - kappa < 0 makes the
+    # model negative on some data events; the walk stops there instead of running on.
+    with (
+        caplog.at_level("WARNING", logger="tamm.mixture.fit"),
+        pytest.warns(ConvergenceWarning, match="loss is not finite at the start point"),
+    ):
+        intervals = profile_intervals(
+            likelihood, fit, levels=(1.0, 200.0), step=20.0, max_extent=400.0
+        )
+    assert math.isnan(intervals.upper[1])
+    assert "the model turns negative on a data event" in caplog.text
+    assert intervals.scan.kappa.max() < fit.kappa + 400.0 * fit.sigma
+    assert not np.isfinite(intervals.scan.loss[-1])
+
+
 def test_profile_interval_refinement_agrees(separated_fit):
     likelihood, fit, _ = separated_fit
     coarse = profile_intervals(likelihood, fit, levels=(1.0,))

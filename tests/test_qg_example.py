@@ -148,6 +148,8 @@ def test_study_small_run(example_config):
 
 @pytest.mark.slow
 @requires_data
+# A failed unbinned fit warns; the study counts it, and the test bounds the count below.
+@pytest.mark.filterwarnings("ignore::tamm.exceptions.ConvergenceWarning")
 def test_study_twenty_datasets_per_kappa(example_config):
     # Runs the reported study at reduced size (20 datasets per kappa). It checks that every
     # fit converges and that the summaries are well formed; the physics numbers are reported,

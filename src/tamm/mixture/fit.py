@@ -544,6 +544,9 @@ def _crossing(kappa: NDArray[np.float64], root: NDArray[np.float64], target: flo
     """Interpolate where ``root`` crosses ``target``, on the side of kappa_hat given by its sign."""
     above = root >= target
     for i in range(len(kappa) - 1):
+        # NB: a point where the model is invalid (infinite loss) has no usable statistic.
+        if not (math.isfinite(root[i]) and math.isfinite(root[i + 1])):
+            continue
         if above[i] != above[i + 1]:
             if (target > 0) != (
                 root[i] + root[i + 1] > 0
@@ -675,6 +678,7 @@ def profile_intervals(
     best = ProfileFit(fit.kappa, fit.parameters, fit.loss, fit.sandwich.hessian, fit.status)
 
     sides: dict[float, list[ProfileFit]] = {}
+    invalid_at: list[float] = []
     for direction in (1.0, -1.0):
         fits: list[ProfileFit] = []
         previous = best
@@ -689,6 +693,11 @@ def profile_intervals(
                 tolerance=tolerance,
             )
             fits.append(previous)
+            if not math.isfinite(previous.loss):
+                # The model is negative on a data event here. Points further out start from
+                # this invalid point, so the walk on this side ends.
+                invalid_at.append(kappa)
+                break
             reached = _signed_root(1.0, 2.0 * (previous.loss - fit.loss), fit.lambda_corr)
             if reached > target:
                 break
@@ -714,7 +723,15 @@ def profile_intervals(
     )
     lower = [_crossing(grid, root, -level) for level in levels]
     upper = [_crossing(grid, root, level) for level in levels]
-    if not all(math.isfinite(v) for v in (*lower, *upper)):
+    if invalid_at and not all(math.isfinite(v) for v in (*lower, *upper)):
+        log.warning(
+            "A profile interval endpoint of kappa_hat=%.6g is NaN: the model turns negative on a "
+            "data event at kappa=%s before the statistic reaches the level, so the interval is "
+            "open on that side",
+            fit.kappa,
+            [round(v, 6) for v in invalid_at],
+        )
+    elif not all(math.isfinite(v) for v in (*lower, *upper)):
         log.warning(
             "A profile interval endpoint lies beyond %.3g sigma of kappa_hat=%.6g and is NaN; "
             "raise max_extent to find it",
