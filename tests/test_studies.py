@@ -458,3 +458,24 @@ def test_unbinned_exact_method_fits_and_intervals():
         assert wide_low < low
         assert wide_high > high
         assert math.isfinite(record["z_interval"])
+
+
+def test_unbinned_jackknife_method_adds_spread():
+    config = StudyConfig(
+        n_draws=1,
+        n_experiments=2,
+        methods=("tamm-unbinned-exact", "tamm-unbinned-exact-jk"),
+        n_signal=1000,
+        n_background=10_000,
+        n_events_per_simulation=20_000,
+    )
+    run = run_study(config, scheduler="serial")
+    by_method = {(r["method"], r["experiment"]): r for r in run.fits}
+    for experiment in range(2):
+        plain = by_method["tamm-unbinned-exact", experiment]
+        total = by_method["tamm-unbinned-exact-jk", experiment]
+        assert total["error"] is None
+        assert total["kappa"] == plain["kappa"]
+        # The jackknife variance is a sum of squared shifts, positive unless every left-out
+        # simulation moved kappa by the same amount.
+        assert total["sigma"] > plain["sigma"]

@@ -164,6 +164,16 @@ def test_profile_interval_matches_sigma(fitted, method):
     assert 0.5 * (high - low) == pytest.approx(record["sigma"], rel=0.15)
 
 
+def test_fit_reports_simulation_uncertainty(fitted):
+    record = fitted["fits"]["tamm-unbinned"]
+    extra = record["simulation_uncertainty"]
+    assert len(extra["leave_one_out"]) == 2 * N_SIMULATIONS
+    assert extra["sigma_simulations"] > 0
+    assert extra["sigma_total"] == pytest.approx(
+        math.hypot(record["sigma"], extra["sigma_simulations"])
+    )
+
+
 def test_fit_root_unbinned_shapes(inputs, fitted):
     with uproot.open(inputs / "out" / "fit.root") as file:
         for method in ("tamm_unbinned", "baseline_unbinned"):

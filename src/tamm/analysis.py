@@ -973,8 +973,15 @@ class AnalysisResult:
                 "interval_68": None if interval is None else [_json_float(v) for v in interval],
                 "converged": result.fit.converged,
             }
+            extra = result.details.get("simulation_uncertainty")
+            if extra is not None:
+                fits[name]["sigma_simulations"] = extra["sigma_simulations"]
+                fits[name]["sigma_total"] = extra["sigma_total"]
             if self.inputs.kappa_true is not None:
                 fits[name]["pull"] = _json_float(result.fit.pull(self.inputs.kappa_true))
+                total = None if extra is None else extra["sigma_total"]
+                if total:
+                    fits[name]["pull_total"] = (result.fit.kappa - self.inputs.kappa_true) / total
         return {
             "kappa_true": self.inputs.kappa_true,
             "n_events": float(self.inputs.observed.sum()),

@@ -507,6 +507,7 @@ def fit_unbinned_methods(
         baseline_scan,
         fit_baseline_unbinned,
         fit_unbinned,
+        jackknife_simulations,
     )
 
     if inputs.data_events is None:
@@ -571,6 +572,21 @@ def fit_unbinned_methods(
         np.exp(log_background - log_background.max()),
         (1.0 - kappa) * n_data,
     )
+    details: dict[str, Any] = {
+        "n_reference": n_reference,
+        "n_penalty": n_penalty,
+        "lambda_corr": tamm_fit.lambda_corr,
+        "ridge_strength": settings.ridge_strength,
+        "penalty_strength": settings.penalty_strength,
+    }
+    if tamm_fit.converged and min(k_signal, len(simulations["background"])) >= 3:
+        # The sandwich sigma holds the simulations fixed; the jackknife adds the spread from
+        # which simulations were drawn.
+        jackknife = jackknife_simulations(likelihood, tamm_fit)
+        details["simulation_uncertainty"] = {
+            "method": "linearised delete-one jackknife over the simulations",
+            **jackknife.to_dict(),
+        }
     results = {
         TAMM_UNBINNED_METHOD: MethodResult(
             kappa_fit,
@@ -578,13 +594,7 @@ def fit_unbinned_methods(
             signal,
             background,
             profile_record,
-            {
-                "n_reference": n_reference,
-                "n_penalty": n_penalty,
-                "lambda_corr": tamm_fit.lambda_corr,
-                "ridge_strength": settings.ridge_strength,
-                "penalty_strength": settings.penalty_strength,
-            },
+            details,
         )
     }
     log.info(

@@ -8,6 +8,8 @@ kappa with a sandwich uncertainty and profile-likelihood intervals; it never cal
 * :mod:`tamm.mixture.likelihood`: :class:`MixtureSamples`, :func:`build_samples`, the loss
   :class:`TemplateAdaptedLikelihood` (exact gradient and Hessian) and :func:`tensorflow_loss`.
 * :mod:`tamm.mixture.sandwich`: :func:`sandwich_covariance`.
+* :mod:`tamm.mixture.jackknife`: :func:`jackknife_simulations`, the uncertainty from the choice
+  of simulations.
 * :mod:`tamm.mixture.fit`: :func:`fit_unbinned`, :func:`profile_kappa`, :func:`profile_scan`,
   :func:`profile_intervals` and the single-simulation :func:`fit_baseline_unbinned` with its
   :func:`baseline_scan`.
@@ -29,6 +31,7 @@ from tamm.mixture.fit import (
     profile_kappa,
     profile_scan,
 )
+from tamm.mixture.jackknife import SimulationJackknife, jackknife_simulations
 from tamm.mixture.likelihood import (
     LogRatioFunction,
     MixtureSamples,
@@ -47,12 +50,14 @@ __all__ = [
     "ProfileIntervals",
     "ProfileScan",
     "SandwichCovariance",
+    "SimulationJackknife",
     "TemplateAdaptedLikelihood",
     "UnbinnedFit",
     "baseline_scan",
     "build_samples",
     "fit_baseline_unbinned",
     "fit_unbinned",
+    "jackknife_simulations",
     "profile_intervals",
     "profile_kappa",
     "profile_scan",

@@ -26,6 +26,9 @@ Built-in methods, all fitted with pyhf on the numpy backend:
                       the exact log ratios of the draw's first ``min(10, n_simulations)``
                       simulations per process, so it measures the method without network
                       error; sandwich sigma and profile intervals; about 2 s per fit
+``tamm-unbinned-exact-jk``  the same fit, with sigma the sandwich sigma and the linearised
+                      jackknife over the simulations in quadrature
+                      (:func:`tamm.mixture.jackknife_simulations`); no profile intervals
 ``tamm-posterior``    the topic mixture sampled with NUTS
                       (:func:`tamm.inference.sample_posterior`); not run by default, about
                       2 s per fit
@@ -38,7 +41,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -512,8 +515,10 @@ class ExactUnbinnedFitter:
     pooled simulations inside the region) and their log ratios are computed once per draw.
     """
 
-    def __init__(self, draw: Draw) -> None:
+    def __init__(self, draw: Draw, *, jackknife: bool = False) -> None:
         from tamm.datasets.gaussian_ratios import ExactGaussianRatios
+
+        self.jackknife = jackknife
 
         n_sims = min(_UNBINNED_SIMULATIONS, draw.config.n_simulations)
         self.n_signal_classes = n_sims
@@ -543,6 +548,8 @@ class ExactUnbinnedFitter:
         )
         likelihood = TemplateAdaptedLikelihood(samples)
         result = fit_unbinned(likelihood, kappa_test=experiment.kappa_true)
+        if self.jackknife:
+            return self._with_jackknife(likelihood, result)
         intervals: dict[str, tuple[float, float]] = {}
         if experiment.config.profile and result.converged:
             found = profile_intervals(likelihood, result)
@@ -552,10 +559,37 @@ class ExactUnbinnedFitter:
             }
         return MethodOutcome(result.kappa_fit, intervals, float(result.z))
 
+    @staticmethod
+    def _with_jackknife(likelihood: Any, result: Any) -> MethodOutcome:
+        """Return the fit with sigma = the sandwich and jackknife sigmas in quadrature."""
+        from tamm.mixture import jackknife_simulations
+
+        fit = result.kappa_fit
+        if not result.converged:
+            return MethodOutcome(replace(fit, method=_JACKKNIFE_METHOD))
+        jackknife = jackknife_simulations(likelihood, result)
+        parameters = {
+            **fit.parameters,
+            "sigma_statistical": fit.sigma,
+            "sigma_simulations": jackknife.sigma_simulations,
+        }
+        total = replace(
+            fit, method=_JACKKNIFE_METHOD, sigma=jackknife.sigma_total, parameters=parameters
+        )
+        return MethodOutcome(total)
+
+
+_JACKKNIFE_METHOD = "tamm-unbinned-exact-jk"
+
 
 def build_unbinned_exact(draw: Draw) -> Fitter:
     """Build the exact-ratio unbinned fitter of a draw."""
     return ExactUnbinnedFitter(draw)
+
+
+def build_unbinned_exact_jackknife(draw: Draw) -> Fitter:
+    """Build the exact-ratio unbinned fitter whose sigma includes the simulation jackknife."""
+    return ExactUnbinnedFitter(draw, jackknife=True)
 
 
 def _register_builtin_methods() -> None:
@@ -570,6 +604,12 @@ def _register_builtin_methods() -> None:
             build_unbinned_exact,
             None,
             "geometric mixture on exact log ratios of 10 simulations per process",
+        ),
+        Method(
+            _JACKKNIFE_METHOD,
+            build_unbinned_exact_jackknife,
+            None,
+            "as tamm-unbinned-exact, sigma adds the jackknife over the simulations",
         ),
     ]
     for method in builtin:
