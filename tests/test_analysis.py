@@ -494,3 +494,14 @@ def test_cli_fit_reports_config_errors(inputs, tmp_path):
     result = CliRunner().invoke(fit_command, [str(tmp_path / "missing.yaml"), "--quiet"])
     assert result.exit_code == 1
     assert "configuration file" in result.output
+
+
+def test_fingerprint_change_names_list_entries():
+    from tamm.analysis import _describe_change
+
+    text = _describe_change("simulations", ["a:msd_00", "a:msd_01"], ["a:msd_01", "a:msd_02"])
+    assert text == "simulations: 2 saved, 2 now (removed ['a:msd_00'], added ['a:msd_02'])"
+    assert _describe_change("simulations", ["x", "y"], ["y", "x"]) == (
+        "simulations: the same 2 entries in another order"
+    )
+    assert _describe_change("seed", 3, 11) == "seed: saved 3, now 11"

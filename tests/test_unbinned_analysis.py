@@ -208,8 +208,26 @@ def test_other_simulations_rejected(inputs, trained, tmp_path):
         output_dir=str(tmp_path),
         unbinned={"model_dir": str(inputs / "out" / "ratio_models"), "training": TRAINING},
     )
-    with pytest.raises(ModelFileError, match=r"does not fit this analysis.*tamm train --analysis"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"was trained on other simulations than this analysis lists.*tamm train --analysis",
+    ):
         run_analysis(load_config(path))
+
+
+def test_missing_model_dir_fails_before_reading(inputs, tmp_path):
+    # The binned engine runs first; a wrong model_dir must fail before it, not after.
+    path = _config(
+        inputs,
+        "missing_both.yaml",
+        output_dir=str(tmp_path),
+        engines=["binned", "unbinned"],
+        binned={"n_topics": 2},
+        unbinned={"model_dir": str(tmp_path / "nowhere")},
+    )
+    with pytest.raises(ModelFileError, match=r"no saved ratio ensemble is there"):
+        run_analysis(load_config(path))
+    assert not (tmp_path / "topics_signal.json").exists()
 
 
 def test_missing_model_dir_is_an_error(inputs, tmp_path):

@@ -419,6 +419,17 @@ def _fingerprint(
     }
 
 
+def _describe_change(name: str, saved: Any, now: Any) -> str:
+    """Describe how one fingerprint entry changed, naming list entries instead of cutting text."""
+    if isinstance(saved, list) and isinstance(now, list):
+        removed = [item for item in saved if item not in now]
+        added = [item for item in now if item not in saved]
+        if removed or added:
+            return f"{name}: {len(saved)} saved, {len(now)} now (removed {removed}, added {added})"
+        return f"{name}: the same {len(now)} entries in another order"
+    return f"{name}: saved {saved!r:.80}, now {now!r:.80}"
+
+
 def _load_topics(path: Path, expected: Mapping[str, Any]) -> TopicFit:
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -431,8 +442,8 @@ def _load_topics(path: Path, expected: Mapping[str, Any]) -> TopicFit:
     saved = stored.get("fingerprint", {})
     changed = [name for name in expected if saved.get(name) != expected[name]]
     if changed:
-        details = ", ".join(
-            f"{name}: saved {saved.get(name)!r:.80}, now {expected[name]!r:.80}" for name in changed
+        details = "; ".join(
+            _describe_change(name, saved.get(name), expected[name]) for name in changed
         )
         msg = (
             f"the topics saved in {str(path)!r} were learned from other inputs or settings "
@@ -1144,9 +1155,10 @@ def run_analysis(
 
     timings: dict[str, float] = {}
     if "unbinned" in config.engines:
-        from tamm.unbinned_analysis import check_config
+        from tamm.unbinned_analysis import check_config, check_model_dir
 
         check_config(config)
+        check_model_dir(config, write=write, retrain=retrain)
 
     step("reading inputs")
     start = time.perf_counter()

@@ -219,12 +219,11 @@ def run_demo(
         fits.update(binned.fits)
         distances = _hellinger_table(binned.shapes, binned.histograms, binned.truth)
         indices.update({f"binned {p}": idx for p, idx in binned.indices.items()})
+    unbinned: _UnbinnedOutcome | None = None
     if config.engine in ("unbinned", "both"):
-        unbinned_fits, unbinned_indices = _run_unbinned(
-            config, toy, data, unbinned_seed, step, timings
-        )
-        fits.update(unbinned_fits)
-        indices.update({f"unbinned {p}": idx for p, idx in unbinned_indices.items()})
+        unbinned = _run_unbinned(config, toy, data, unbinned_seed, step, timings)
+        fits.update(unbinned.fits)
+        indices.update({f"unbinned {p}": idx for p, idx in unbinned.indices.items()})
 
     result = DemoResult(
         config=config,
@@ -236,7 +235,7 @@ def run_demo(
     )
     if output_dir is not None:
         step("writing results.json and demo.png")
-        _write_outputs(Path(output_dir), result, region, data, binned)
+        _write_outputs(Path(output_dir), result, toy, region, data, binned, unbinned)
     return result
 
 
@@ -319,15 +318,16 @@ def _run_unbinned(
     seed: np.random.SeedSequence,
     step: Callable[[str], None],
     timings: dict[str, float],
-) -> tuple[dict[str, KappaFit], dict[str, list[int]]]:
+) -> _UnbinnedOutcome:
     """Train the ratio ensemble and fit kappa with the geometric mixture and its baseline."""
     from tamm.mixture import (
+        MixtureSamples,
         TemplateAdaptedLikelihood,
-        build_samples,
         fit_baseline_unbinned,
         fit_unbinned,
     )
     from tamm.ratios import BaselineRatio, TrainingSettings, train_ratios
+    from tamm.unbinned_analysis import baseline_counts, fitted_counts
 
     region = toy.region(bins=None)
     choice_seed, sample_seed, train_seed, split_seed, baseline_seed = seed.spawn(5)
@@ -387,24 +387,58 @@ def _run_unbinned(
     pooled = np.concatenate([sim.events for sims in simulations.values() for sim in sims])
     pooled = pooled[region.contains(pooled)]
     n_reference = min(n_sims * config.n_background, len(pooled) // 2)
-    samples = build_samples(
-        data.events,
-        pooled,
-        lambda events: ensemble.log_ratios(events, region),
+    order = np.random.default_rng(split_seed).permutation(len(pooled))
+    reference_events = pooled[order[:n_reference]]
+    samples = MixtureSamples(
+        ensemble.log_ratios(data.events, region),
+        ensemble.log_ratios(reference_events, region),
+        ensemble.log_ratios(pooled[order[n_reference : 2 * n_reference]], region),
         n_signal_classes=n_sims,
-        n_reference=n_reference,
-        n_penalty=n_reference,
-        seed=split_seed,
     )
     unbinned = fit_unbinned(TemplateAdaptedLikelihood(samples))
     background_events = simulations["background"][0].events
     background_events = background_events[region.contains(background_events)]
+    reference_log_ratio = baseline.log_ratio(background_events, region)
     baseline_fit = fit_baseline_unbinned(
-        baseline.log_ratio(data.events, region), baseline.log_ratio(background_events, region)
+        baseline.log_ratio(data.events, region), reference_log_ratio
     )
     timings["unbinned fits"] = time.perf_counter() - start
-    fits = {"tamm-unbinned": unbinned.kappa_fit, "baseline-unbinned": baseline_fit.kappa_fit}
-    return fits, {p: [int(i) for i in idx] for p, idx in indices.items()}
+
+    # Fitted shapes in the binned engine's bins, for the plot.
+    binning = toy.region(bins=config.bins)
+    n_data = float(len(data.events))
+    shapes = {
+        "tamm-unbinned": FittedShapes(
+            *fitted_counts(binning, reference_events, samples.reference, unbinned, n_data),
+            unbinned.kappa,
+            unbinned.sigma,
+        ),
+        "baseline-unbinned": FittedShapes(
+            *baseline_counts(
+                binning, background_events, reference_log_ratio, baseline_fit.kappa, n_data
+            ),
+            baseline_fit.kappa,
+            baseline_fit.sigma,
+        ),
+    }
+    histograms = {
+        process: np.stack([binning.histogram(sim.events) for sim in sims])
+        for process, sims in simulations.items()
+    }
+    return _UnbinnedOutcome(
+        {"tamm-unbinned": unbinned.kappa_fit, "baseline-unbinned": baseline_fit.kappa_fit},
+        shapes,
+        histograms,
+        {p: [int(i) for i in idx] for p, idx in indices.items()},
+    )
+
+
+@dataclass(frozen=True)
+class _UnbinnedOutcome:
+    fits: dict[str, KappaFit]
+    shapes: dict[str, FittedShapes]
+    histograms: dict[str, NDArray[np.float64]]
+    indices: dict[str, list[int]]
 
 
 def _hellinger_table(
@@ -429,20 +463,29 @@ def _hellinger_table(
 def _write_outputs(
     directory: Path,
     result: DemoResult,
+    toy: GaussianToy,
     region: Region,
     data: PseudoData,
     binned: _BinnedOutcome | None,
+    unbinned: _UnbinnedOutcome | None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    if binned is None:
-        return
+    shapes: dict[str, FittedShapes] = {}
+    if binned is not None:
+        shapes.update({name: binned.shapes[name] for name in ("tamm-binned", "baseline")})
+        histograms, truth = binned.histograms, binned.truth
+    if unbinned is not None:
+        shapes.update(unbinned.shapes)
+        if binned is None:
+            histograms = unbinned.histograms
+            truth = {p: toy.true_bin_probabilities(p, region) for p in ("signal", "background")}
     plot_binned_fit(
         region,
         region.histogram(data.events),
-        {name: binned.shapes[name] for name in ("tamm-binned", "baseline")},
-        binned.histograms,
-        truth=binned.truth,
+        shapes,
+        histograms,
+        truth=truth,
         kappa_true=result.kappa_true,
         path=directory / "demo.png",
     )

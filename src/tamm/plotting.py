@@ -97,6 +97,9 @@ def plot_binned_fit(
 
     Returns:
         The matplotlib figure.
+
+    Raises:
+        ValueError: If ``fits`` has more than six entries (one colour each).
     """
     import matplotlib as mpl
 
@@ -106,13 +109,19 @@ def plot_binned_fit(
 
     processes = list(simulations)
     n_columns = region.n_observables
-    colours = ["tab:red", "tab:blue", "tab:green", "tab:purple"]
+    colours = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    if len(fits) > len(colours):
+        msg = f"plot_binned_fit draws at most {len(colours)} fits; received {len(fits)}."
+        raise ValueError(msg)
     with plt.style.context(mplhep.style.ROOT):
+        # One legend for the whole figure, above the panels: every panel uses the same colour
+        # per method, and per-panel legends covered the histograms.
         fig, axes = plt.subplots(
             1 + len(processes),
             n_columns,
-            figsize=(7 * n_columns, 5.2 * (1 + len(processes))),
+            figsize=(7 * n_columns, 5.2 * (1 + len(processes)) + 0.45 * (2 + len(fits))),
             squeeze=False,
+            layout="constrained",
         )
         for column, name in enumerate(region.observables):
             edges = (region.edges or ())[column]
@@ -135,11 +144,7 @@ def plot_binned_fit(
                 top.plot([], [], " ", label=f"true $\\kappa$ = {kappa_true:.4f}")
             top.set_xlabel(name)
             top.set_ylabel("events per bin")
-            # Head room above the histograms keeps the legend off the data; each legend line
-            # needs about an eighth of the histogram's height.
-            n_lines = 1 + min(len(fits), len(colours)) + (kappa_true is not None)
-            top.set_ylim(0, (1.2 + 0.13 * n_lines) * top.get_ylim()[1])
-            top.legend(fontsize="x-small", loc="upper left")
+            top.set_ylim(0, 1.15 * top.get_ylim()[1])
 
             for row, process in enumerate(processes, start=1):
                 ax = axes[row, column]
@@ -147,15 +152,10 @@ def plot_binned_fit(
                 for index, shape in enumerate(shapes):
                     spread_label = f"simulations ({len(shapes)})" if index == 0 else None
                     mplhep.histplot(shape, edges, color="0.65", lw=0.8, label=spread_label, ax=ax)
-                for colour, (label, fit) in zip(colours, fits.items(), strict=False):
+                for colour, fit in zip(colours, fits.values(), strict=False):
                     fitted = fit.signal if process == "signal" else fit.background
                     mplhep.histplot(
-                        _normalise(project(fitted, region, name)),
-                        edges,
-                        color=colour,
-                        lw=2,
-                        label=label,
-                        ax=ax,
+                        _normalise(project(fitted, region, name)), edges, color=colour, lw=2, ax=ax
                     )
                 if truth is not None and process in truth:
                     true_shape = _normalise(project(truth[process], region, name))
@@ -165,9 +165,20 @@ def plot_binned_fit(
                 ax.set_xlabel(name)
                 ax.set_ylabel("fraction per bin")
                 ax.set_title(f"{process} shape", fontsize="medium")
-                ax.set_ylim(0, 1.6 * ax.get_ylim()[1])
-                ax.legend(fontsize="x-small", loc="upper left", ncol=2)
-        fig.tight_layout()
+                ax.set_ylim(0, 1.15 * ax.get_ylim()[1])
+
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        shape_handles, shape_labels = (
+            axes[1, 0].get_legend_handles_labels() if processes else ([], [])
+        )
+        fig.legend(
+            handles + shape_handles,
+            labels + shape_labels,
+            loc="outside upper center",
+            ncol=2,
+            fontsize="small",
+            frameon=False,
+        )
         if path is not None:
             fig.savefig(path, dpi=110)
         plt.close(fig)

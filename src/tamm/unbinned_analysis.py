@@ -49,14 +49,18 @@ from tamm.samples import Region, Simulation, SimulationSet
 
 if TYPE_CHECKING:
     from tamm.analysis import AnalysisInputs, MethodResult
+    from tamm.mixture import UnbinnedFit
     from tamm.ratios import BaselineRatio, CalibratedEnsemble
 
 __all__ = [
     "TAMM_UNBINNED_METHOD",
     "UNBINNED_BASELINE_METHOD",
     "RatioModels",
+    "baseline_counts",
     "check_config",
+    "check_model_dir",
     "fit_unbinned_methods",
+    "fitted_counts",
     "load_or_train_ratio_models",
     "read_simulations",
     "train_ratio_models",
@@ -144,6 +148,25 @@ def check_config(config: AnalysisConfig) -> None:
             "(data: {file, tree}) or run only engines: [binned]."
         )
         raise ConfigError("data", msg)
+
+
+def check_model_dir(config: AnalysisConfig, *, write: bool, retrain: bool) -> None:
+    """Raise :class:`ModelFileError` if ``unbinned.model_dir`` names a folder without models.
+
+    :func:`tamm.analysis.run_analysis` calls this before reading any file, so a wrong path
+    fails at once instead of after the binned engine has run.
+    """
+    if not write or retrain or config.unbinned.model_dir is None:
+        return
+    directory = config.unbinned.model_dir
+    if not (directory / _ENSEMBLE_FOLDER / "manifest.json").is_file():
+        msg = (
+            f"unbinned.model_dir is {str(directory)!r}, but no saved ratio ensemble is there "
+            f"({_ENSEMBLE_FOLDER}/manifest.json is missing). Train the models with "
+            "`tamm train --analysis CONFIG` first, pass --retrain to train them in `tamm fit`, "
+            "or remove model_dir to use <output_dir>/ratio_models."
+        )
+        raise ModelFileError(msg)
 
 
 def read_simulations(config: AnalysisConfig) -> dict[str, SimulationSet]:
@@ -302,15 +325,17 @@ def _load_ratio_models(
         )
     except (InvalidSimulationError, InvalidRegionError) as err:
         msg = (
-            f"the ratio ensemble in {str(directory)!r} does not fit this analysis: {err} {retrain}"
+            f"the ratio ensemble in {str(directory)!r} was trained on other simulations than "
+            f"this analysis lists. {err} {retrain}"
         )
         raise ModelFileError(msg) from err
     try:
         baseline = baseline.with_region(config.region, signal, background)
     except (InvalidSimulationError, InvalidRegionError) as err:
         msg = (
-            f"the baseline network in {str(directory)!r} does not fit this analysis (baseline "
-            f"simulations {signal.name!r} and {background.name!r}): {err} {retrain}"
+            f"the baseline network in {str(directory)!r} was trained on other simulations than "
+            f"the baseline simulations {signal.name!r} and {background.name!r} of this "
+            f"analysis. {err} {retrain}"
         )
         raise ModelFileError(msg) from err
     training: dict[str, Any] = {}
@@ -355,14 +380,7 @@ def load_or_train_ratio_models(
     saved = (directory / _ENSEMBLE_FOLDER / "manifest.json").is_file()
     if write and saved and not retrain:
         return _load_ratio_models(config, simulations, directory)
-    if write and not retrain and config.unbinned.model_dir is not None:
-        msg = (
-            f"unbinned.model_dir is {str(directory)!r}, but no saved ratio ensemble is there "
-            f"({_ENSEMBLE_FOLDER}/manifest.json is missing). Train the models with "
-            "`tamm train --analysis CONFIG` first, pass --retrain to train them in `tamm fit`, "
-            "or remove model_dir to use <output_dir>/ratio_models."
-        )
-        raise ModelFileError(msg)
+    check_model_dir(config, write=write, retrain=retrain)
     return train_ratio_models(
         config, simulations, directory=directory if write else None, progress=progress
     )
@@ -393,12 +411,67 @@ def _pool(
 
 
 def _projected(
-    region: Region, events: NDArray[np.float64], weights: NDArray[np.float64], total: float
+    region: Region, events: NDArray[np.float64], log_weights: NDArray[np.float64], total: float
 ) -> NDArray[np.float64]:
-    """Histogram weighted events in the region's bins, scaled to sum to ``total``."""
-    counts = region.histogram(events, weights)
+    """Histogram events weighted by ``exp(log_weights)`` in the region's bins, summing to ``total``."""
+    counts = region.histogram(events, np.exp(log_weights - log_weights.max()))
     norm = counts.sum()
     return np.asarray(counts * (total / norm) if norm > 0 else counts, dtype=np.float64)
+
+
+def fitted_counts(
+    region: Region,
+    reference_events: NDArray[np.float64],
+    reference_features: NDArray[np.float64],
+    fit: UnbinnedFit,
+    n_events: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return the fitted signal and background of an unbinned fit as counts in the region's bins.
+
+    The fitted signal density is ``R_s`` times the reference density, so the reference events
+    weighted by ``R_s = exp(F_s a)`` sample it (likewise for the background). The weights'
+    normalisations ``c_s`` and ``c_b`` drop out, because each histogram is scaled to its fitted
+    yield, ``kappa N`` and ``(1 - kappa) N``.
+
+    Args:
+        region: The binned region.
+        reference_events: The reference sample, shape ``(N_ref, n_observables)``.
+        reference_features: Its log-ratio features, shape ``(N_ref, K_s + K_b)``, signal first.
+        fit: The fit.
+        n_events: Number of data events ``N``.
+
+    Returns:
+        ``(signal, background)``, each of shape ``(n_bins,)``.
+    """
+    a, b = fit.weights
+    k_signal = a.size
+    kappa = fit.kappa
+    signal = _projected(
+        region, reference_events, reference_features[:, :k_signal] @ a, kappa * n_events
+    )
+    background = _projected(
+        region, reference_events, reference_features[:, k_signal:] @ b, (1.0 - kappa) * n_events
+    )
+    return signal, background
+
+
+def baseline_counts(
+    region: Region,
+    background_events: NDArray[np.float64],
+    log_ratio: NDArray[np.float64],
+    kappa: float,
+    n_events: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return the fitted signal and background of the baseline as counts in the region's bins.
+
+    The baseline's signal density is ``r p_b``, so the background simulation's events
+    weighted by ``r`` sample it, and unweighted they sample the background.
+    """
+    signal = _projected(region, background_events, log_ratio, kappa * n_events)
+    background = _projected(
+        region, background_events, np.zeros(len(background_events)), (1.0 - kappa) * n_events
+    )
+    return signal, background
 
 
 def _corrected_scan(likelihood: Any, fit: Any, grid: NDArray[np.float64]) -> Any:
@@ -528,7 +601,7 @@ def fit_unbinned_methods(
     if n_reference + n_penalty > pool.shape[0]:
         msg = (
             f"asks for {n_reference} reference and {n_penalty} penalty events, but the pooled "
-            f"simulations hold {pool.shape[0]} events inside the region (equal numbers per "
+            f"simulations contain {pool.shape[0]} events inside the region (equal numbers per "
             "simulation before the cut); lower n_reference and n_penalty, or simulate more."
         )
         raise ConfigError("unbinned.n_reference", msg)
@@ -557,20 +630,8 @@ def fit_unbinned_methods(
         grid = _scan_grid(tamm_fit.kappa, tamm_fit.sigma, config.scan.points, config.scan.width)
         profile_record = _corrected_scan(likelihood, tamm_fit, grid)
 
-    # Fitted shapes: reference events weighted by R_s and R_b, in the region's bins (c_s and
-    # c_b drop out when each shape is scaled to its fitted yield).
-    a, b = tamm_fit.weights
-    log_signal = samples.reference[:, :k_signal] @ a
-    log_background = samples.reference[:, k_signal:] @ b
-    kappa = tamm_fit.kappa
-    signal = _projected(
-        region, reference_events, np.exp(log_signal - log_signal.max()), kappa * n_data
-    )
-    background = _projected(
-        region,
-        reference_events,
-        np.exp(log_background - log_background.max()),
-        (1.0 - kappa) * n_data,
+    signal, background = fitted_counts(
+        region, reference_events, samples.reference, tamm_fit, n_data
     )
     details: dict[str, Any] = {
         "n_reference": n_reference,
@@ -622,15 +683,8 @@ def fit_unbinned_methods(
         baseline_profile = _as_scan_record(
             grid, q, np.isfinite(q), baseline_result.kappa, baseline_result.lambda_corr
         )
-    # The baseline's signal shape is r p_b: background events weighted by the ratio r.
-    baseline_signal = _projected(
-        region,
-        background_events,
-        np.exp(reference_log_ratio - reference_log_ratio.max()),
-        kappa_b * n_data,
-    )
-    baseline_background = _projected(
-        region, background_events, np.ones(len(background_events)), (1.0 - kappa_b) * n_data
+    baseline_signal, baseline_background = baseline_counts(
+        region, background_events, reference_log_ratio, kappa_b, n_data
     )
     results[UNBINNED_BASELINE_METHOD] = MethodResult(
         baseline_fit,

@@ -723,20 +723,27 @@ def profile_intervals(
     )
     lower = [_crossing(grid, root, -level) for level in levels]
     upper = [_crossing(grid, root, level) for level in levels]
-    if invalid_at and not all(math.isfinite(v) for v in (*lower, *upper)):
+    open_levels = [
+        level
+        for level, low, high in zip(levels, lower, upper, strict=True)
+        if not (math.isfinite(low) and math.isfinite(high))
+    ]
+    if open_levels and invalid_at:
         log.warning(
-            "A profile interval endpoint of kappa_hat=%.6g is NaN: the model turns negative on a "
-            "data event at kappa=%s before the statistic reaches the level, so the interval is "
-            "open on that side",
+            "The profile interval at %s sigma of kappa_hat=%.6g has a NaN endpoint: the model "
+            "turns negative on a data event at kappa=%s before the statistic reaches that "
+            "level, so the interval is open on that side",
+            open_levels,
             fit.kappa,
             [round(v, 6) for v in invalid_at],
         )
-    elif not all(math.isfinite(v) for v in (*lower, *upper)):
+    elif open_levels:
         log.warning(
-            "A profile interval endpoint lies beyond %.3g sigma of kappa_hat=%.6g and is NaN; "
-            "raise max_extent to find it",
-            max_extent,
+            "The profile interval at %s sigma of kappa_hat=%.6g has an endpoint beyond %.3g "
+            "sigma, which is NaN; raise max_extent to find it",
+            open_levels,
             fit.kappa,
+            max_extent,
         )
 
     if refine:
