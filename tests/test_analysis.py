@@ -122,6 +122,17 @@ def test_run_analysis_writes_outputs(analysis, inputs):
         assert 0.0 <= fit["kappa"] <= 1.0
 
 
+def test_binned_jackknife_in_results(analysis):
+    extra = analysis.methods["tamm-binned"].details["simulation_uncertainty"]
+    assert len(extra["leave_one_out"]) == 2 * N_SIMULATIONS
+    assert extra["sigma_simulations"] > 0
+    sigma = analysis.methods["tamm-binned"].fit.sigma
+    assert extra["sigma_total"] == pytest.approx(math.hypot(sigma, extra["sigma_simulations"]))
+    summary = analysis.summary()["fits"]["tamm-binned"]
+    assert summary["sigma_total"] == extra["sigma_total"]
+    assert "simulation_uncertainty" not in analysis.methods["baseline"].details
+
+
 def test_kappa_near_data_fraction(analysis):
     # The simulations bracket the data, so both methods should land near 0.3; four sigma
     # leaves room for the shape mismatch of a single simulation.

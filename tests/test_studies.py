@@ -479,3 +479,26 @@ def test_unbinned_jackknife_method_adds_spread():
         # The jackknife variance is a sum of squared shifts, positive unless every left-out
         # simulation moved kappa by the same amount.
         assert total["sigma"] > plain["sigma"]
+
+
+def test_binned_jackknife_method_adds_spread():
+    config = StudyConfig(
+        n_draws=1,
+        n_experiments=2,
+        methods=("tamm-binned", "tamm-binned-jk"),
+        n_simulations=4,
+        n_topics=2,
+        n_signal=1000,
+        n_background=10_000,
+        n_events_per_simulation=20_000,
+    )
+    run = run_study(config, scheduler="serial")
+    by_method = {(r["method"], r["experiment"]): r for r in run.fits}
+    for experiment in range(2):
+        plain = by_method["tamm-binned", experiment]
+        total = by_method["tamm-binned-jk", experiment]
+        assert total["error"] is None
+        assert total["kappa"] == pytest.approx(plain["kappa"], abs=1e-9)
+        # The jackknife variance is a sum of squared shifts, positive unless every left-out
+        # simulation moved kappa by the same amount.
+        assert total["sigma"] > plain["sigma"]

@@ -102,6 +102,34 @@ def test_fit_reconstructs_true_shapes(mixture_data, mixture_fit):
     )
 
 
+def test_warm_start_stays_at_optimum(mixture_data, mixture_fit):
+    counts, _, _ = mixture_data
+    # Started at the converged topics of the same counts, the run ends where it started, up to
+    # the convergence tolerance (relative ELBO gain 1e-7 per iteration).
+    again = TopicModel(N_TOPICS, seed=11).fit(counts, initial_topics=mixture_fit.topics)
+    assert again.converged
+    assert np.max(hellinger(again.topics, mixture_fit.topics)) < 0.01
+    assert again.elbo == pytest.approx(mixture_fit.elbo, rel=1e-6)
+
+
+def test_warm_start_follows_topics_order(mixture_data, mixture_fit):
+    counts, _, _ = mixture_data
+    # Without one document the optimum moves a little; a warm start keeps the topic order,
+    # so each topic stays close to its own start.
+    reduced = TopicModel(N_TOPICS, seed=11).fit(counts[1:], initial_topics=mixture_fit.topics)
+    distances = hellinger(reduced.topics, mixture_fit.topics)
+    assert np.max(distances) < 0.05
+
+
+def test_warm_start_rejects_bad_topics(mixture_data):
+    counts, _, _ = mixture_data
+    model = TopicModel(N_TOPICS, seed=11)
+    with pytest.raises(InvalidModelError, match=r"initial_topics must be .* shape \(4, 50\)"):
+        model.fit(counts, initial_topics=np.ones((3, N_BINS)))
+    with pytest.raises(InvalidModelError, match=r"a topic without weight"):
+        model.fit(counts, initial_topics=np.zeros((N_TOPICS, N_BINS)))
+
+
 def test_fit_results_are_distributions(mixture_fit):
     assert mixture_fit.topics.shape == (N_TOPICS, N_BINS)
     assert mixture_fit.document_weights.shape == (N_DOCUMENTS, N_TOPICS)

@@ -793,6 +793,8 @@ def fit_binned(
     baseline: BaselineConfig = _DEFAULT_BASELINE,
     scan: ScanConfig | None = _DEFAULT_SCAN,
     progress: Progress | None = None,
+    jackknife: bool = True,
+    topic_options: Mapping[str, Any] | None = None,
 ) -> dict[str, MethodResult]:
     """Fit kappa with the topic mixture (TAMM) and with the single-simulation baseline.
 
@@ -804,9 +806,16 @@ def fit_binned(
             added to each of its bins.
         scan: Settings of the profile scans; None skips them.
         progress: Called with a short description before each fit.
+        jackknife: Also estimate the spread of TAMM's kappa from the choice of simulations
+            (:func:`tamm.inference.jackknife_binned`; one topic fit and one kappa fit per
+            simulation). It is skipped, with a log message, when a process has fewer than 3
+            simulations or fewer than ``n_topics + 1``.
+        topic_options: The :class:`~tamm.topics.TopicModel` options of the topic fits, used
+            again by the jackknife.
 
     Returns:
-        The results of ``"tamm-binned"`` and ``"baseline"``.
+        The results of ``"tamm-binned"`` and ``"baseline"``. With the jackknife, TAMM's
+        ``details["simulation_uncertainty"]`` has ``sigma_simulations`` and ``sigma_total``.
 
     Raises:
         ConfigError: If the baseline simulation does not exist.
@@ -855,9 +864,50 @@ def fit_binned(
         profile = None
         if scan is not None and fit.converged:
             profile = profile_scan(model, data, fit, _scan_grid(fit, scan))
+        if method == TAMM_METHOD and jackknife and fit.converged:
+            extra = _binned_jackknife(simulations, topics, counts, fit, topic_options, progress)
+            if extra is not None:
+                details[method]["simulation_uncertainty"] = extra
         results[method] = MethodResult(fit, region, signal, background, profile, details[method])
         log.info("%s: kappa = %.5f +- %.5f (%s)", method, fit.kappa, fit.sigma, fit.message)
     return results
+
+
+def _binned_jackknife(
+    simulations: Mapping[str, HistogramSet],
+    topics: Mapping[str, TopicFit],
+    observed: NDArray[np.float64],
+    fit: KappaFit,
+    options: Mapping[str, Any] | None,
+    progress: Progress | None,
+) -> dict[str, Any] | None:
+    """Run the jackknife over the simulations where there are enough of them."""
+    from tamm.inference.jackknife import jackknife_binned
+
+    for process, fitted in topics.items():
+        n_simulations = len(simulations[process])
+        if n_simulations < 3 or n_simulations - 1 < fitted.n_topics:
+            log.info(
+                "no jackknife over the simulations: %s has %d simulations for %d topics (it "
+                "needs at least 3 and one more than the topics)",
+                process,
+                n_simulations,
+                fitted.n_topics,
+            )
+            return None
+    if progress is not None:
+        progress("jackknife over the simulations (tamm-binned)")
+    jackknife = jackknife_binned(
+        {process: histograms.counts for process, histograms in simulations.items()},
+        topics,
+        observed,
+        fit,
+        options=options,
+    )
+    return {
+        "method": "delete-one jackknife over the simulations, topics learned again",
+        **jackknife.to_dict(),
+    }
 
 
 def fit_hists(
@@ -907,6 +957,7 @@ def fit_hists(
         {process: fit for process, (fit, _) in topics.items()},
         baseline=BaselineConfig(baseline, baseline, baseline_prior),
         scan=scan,
+        topic_options=topic_options,
     )
 
 
@@ -1190,6 +1241,7 @@ def run_analysis(
                 baseline=config.baseline,
                 scan=config.scan,
                 progress=step,
+                topic_options=config.binned.options,
             )
         )
         timings["fits_and_scans"] = time.perf_counter() - start

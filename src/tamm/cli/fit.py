@@ -15,9 +15,9 @@ def __dir__() -> list[str]:
     return __all__
 
 
-# Steps that run_analysis reports per engine (binned: topics and two fits; unbinned: events,
-# ratio models and two fits), plus reading and writing.
-_ENGINE_STEPS = {"binned": 3, "unbinned": 4}
+# Steps that run_analysis reports per engine (binned: topics, two fits and the jackknife;
+# unbinned: events, ratio models and two fits), plus reading and writing.
+_ENGINE_STEPS = {"binned": 4, "unbinned": 4}
 
 
 @click.command()

@@ -9,6 +9,9 @@ Which module to use:
   ``pyhf.infer`` (:func:`upper_limit`, :func:`discovery_significance`).
 - :mod:`tamm.inference.posterior`: the Bayesian posterior of kappa for a topic mixture,
   sampled with TensorFlow Probability's No-U-Turn sampler (:func:`sample_posterior`).
+- :mod:`tamm.inference.jackknife`: the spread of the binned kappa from the choice of
+  simulations, a jackknife that learns the topics again without each one
+  (:func:`jackknife_binned`).
 - :mod:`tamm.inference.competitors`: the reference models of the studies, a HistFactory fit
   with principal shape systematics (:func:`histosys_spec`) and the oracle fit with the true
   shapes (:func:`oracle_spec`).
@@ -34,6 +37,9 @@ __all__ = [
     "discovery_significance",
     "highest_density_interval",
     "histosys_spec",
+    "jackknife_binned",
+    "jackknife_from_topics",
+    "leave_one_out_topics",
     "limit_from_scan",
     "oracle_spec",
     "principal_variations",
@@ -62,6 +68,9 @@ _MODULES = {
     "histosys_spec": "competitors",
     "oracle_spec": "competitors",
     "principal_variations": "competitors",
+    "jackknife_binned": "jackknife",
+    "jackknife_from_topics": "jackknife",
+    "leave_one_out_topics": "jackknife",
 }
 
 
