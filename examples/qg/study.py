@@ -12,6 +12,9 @@ reports per method:
   ``--profile`` also the fraction whose 68.27 % profile-likelihood interval contains
   ``kappa_true``; the target is 68.27 % for both.
 
+Each TAMM method also appears as ``<method>+sim``: the same fits with sigma replaced by
+``sigma_total``, the fit's sigma and the jackknife over the simulations in quadrature.
+
 With ``--all-baselines`` the baseline is also fitted with every other simulation index
 ``i`` (simulation ``i`` of both processes), as ``baseline[i]``, to show how much the baseline
 depends on which simulation it happens to use.
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from tamm.analysis import fit_binned, learn_or_load_topics, prepare_inputs
+from tamm.inference import jackknife_from_topics, leave_one_out_topics
 from tamm.io import load_config, read_tree
 from tamm.io.config import ScanConfig
 from tamm.pyhf import baseline_spec, build_workspace, fit_kappa, model_and_data
@@ -172,6 +176,16 @@ def run_study(
             options=config.binned.options,
         )
         topic_fits = {process: fit for process, (fit, _) in topics.items()}
+        # The leave-one-out topics of the jackknife do not depend on the data either.
+        leave_one_out = {
+            process: leave_one_out_topics(
+                inputs.simulations[process].counts,
+                fit.topics,
+                seed=fit.seed,
+                options=config.binned.options,
+            )
+            for process, fit in topic_fits.items()
+        }
     simulations = models = None
     if "unbinned" in config.engines:
         simulations = read_simulations(config)
@@ -202,14 +216,31 @@ def run_study(
                         topic_fits,
                         baseline=config.baseline,
                         scan=scan,
+                        jackknife=False,
                     )
                 )
+                tamm = results["tamm-binned"]
+                if tamm.fit.converged:
+                    jackknife = jackknife_from_topics(
+                        {process: fit.topics for process, fit in topic_fits.items()},
+                        {process: topics for process, (topics, _) in leave_one_out.items()},
+                        region.histogram(events),
+                        tamm.fit,
+                        topics_converged={p: ok for p, (_, ok) in leave_one_out.items()},
+                    )
+                    tamm.details["simulation_uncertainty"] = jackknife.to_dict()
             if models is not None and simulations is not None:
                 dataset = replace(inputs, observed=region.histogram(events), data_events=events)
                 results.update(
                     fit_unbinned_methods(config, dataset, simulations, models, scan=profile)
                 )
             fits = {method: (result.fit, result.interval) for method, result in results.items()}
+            # The same fits with sigma_total (fit sigma and simulation jackknife in quadrature).
+            for method, result in results.items():
+                extra = result.details.get("simulation_uncertainty")
+                if extra is not None and extra["sigma_total"] is not None:
+                    total = replace(result.fit, sigma=extra["sigma_total"])
+                    fits[f"{method}+sim"] = (total, None)
             if all_baselines and topic_fits:
                 observed = region.histogram(events)
                 others = fit_other_baselines(inputs.simulations, observed, config.baseline.prior)
