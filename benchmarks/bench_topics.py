@@ -65,10 +65,10 @@ def sample_documents(
 def time_default_fit() -> None:
     # Imported here, not at the top, to time the import of TensorFlow.
     start = time.perf_counter()
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
-    from tamm.metrics import hellinger  # noqa: PLC0415
-    from tamm.topics import TopicModel  # noqa: PLC0415
+    from tamm.metrics import hellinger
+    from tamm.topics import TopicModel
 
     print(f"import tensorflow + tamm.topics: {time.perf_counter() - start:.2f} s")
     print(
@@ -101,8 +101,8 @@ def time_default_fit() -> None:
 
 
 def compare_priors() -> None:
-    from tamm.metrics import hellinger  # noqa: PLC0415
-    from tamm.topics import TopicModel  # noqa: PLC0415
+    from tamm.metrics import hellinger
+    from tamm.topics import TopicModel
 
     rng = np.random.default_rng(3)
     shapes = separated_shapes(rng, N_TOPICS, N_BINS)
