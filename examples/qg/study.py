@@ -236,11 +236,17 @@ def run_study(
                 )
             fits = {method: (result.fit, result.interval) for method, result in results.items()}
             # The same fits with sigma_total (fit sigma and simulation jackknife in quadrature).
-            for method, result in results.items():
-                extra = result.details.get("simulation_uncertainty")
-                if extra is not None and extra["sigma_total"] is not None:
-                    total = replace(result.fit, sigma=extra["sigma_total"])
-                    fits[f"{method}+sim"] = (total, None)
+            # A fit without a jackknife (it failed) counts as failed here too.
+            for method in ("tamm-binned", "tamm-unbinned"):
+                if method not in results:
+                    continue
+                extra = results[method].details.get("simulation_uncertainty") or {}
+                sigma_total = extra.get("sigma_total")
+                total = replace(
+                    results[method].fit,
+                    sigma=math.nan if sigma_total is None else sigma_total,
+                )
+                fits[f"{method}+sim"] = (total, None)
             if all_baselines and topic_fits:
                 observed = region.histogram(events)
                 others = fit_other_baselines(inputs.simulations, observed, config.baseline.prior)
