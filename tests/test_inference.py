@@ -759,5 +759,5 @@ def test_binned_jackknife_zero_for_identical_simulations():
 
 def test_leave_one_out_needs_more_simulations_than_topics():
     counts = np.random.default_rng(0).integers(1, 50, size=(3, 10)).astype(float)
-    with pytest.raises(InvalidModelError, match=r"use at most 2 topics"):
+    with pytest.raises(InvalidModelError, match=r"one more simulation than topics \(3\)"):
         leave_one_out_topics(counts, np.full((3, 10), 0.1))

@@ -502,3 +502,21 @@ def test_binned_jackknife_method_adds_spread():
         # The jackknife variance is a sum of squared shifts, positive unless every left-out
         # simulation moved kappa by the same amount.
         assert total["sigma"] > plain["sigma"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"methods": ("tamm-binned-jk",), "n_simulations": 2, "n_topics": 1},
+            r"need at least 3 simulations per process; received n_simulations=2",
+        ),
+        (
+            {"methods": ("tamm-binned-jk",), "n_simulations": 4, "n_topics": 4},
+            r"learns 4 topics from 3 simulations .* use n_topics <= 3",
+        ),
+    ],
+)
+def test_jackknife_methods_check_sizes(changes, message):
+    with pytest.raises(InvalidModelError, match=message):
+        StudyConfig(**changes)

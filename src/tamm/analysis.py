@@ -904,6 +904,13 @@ def _binned_jackknife(
         fit,
         options=options,
     )
+    if not jackknife.all_converged:
+        log.warning(
+            "tamm-binned: %d of %d leave-one-out fits of the jackknife did not converge; "
+            "sigma_simulations comes from the others",
+            int(np.sum(~jackknife.converged)),
+            jackknife.converged.size,
+        )
     return {
         "method": "delete-one jackknife over the simulations, topics learned again",
         **jackknife.to_dict(),

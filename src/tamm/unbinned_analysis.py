@@ -644,6 +644,14 @@ def fit_unbinned_methods(
         # The sandwich sigma holds the simulations fixed; the jackknife adds the spread from
         # which simulations were drawn.
         jackknife = jackknife_simulations(likelihood, tamm_fit)
+        if not jackknife.all_converged:
+            log.warning(
+                "%s: %d of %d leave-one-out estimates of the jackknife failed; "
+                "sigma_simulations comes from the others",
+                TAMM_UNBINNED_METHOD,
+                int(np.sum(~jackknife.converged)),
+                jackknife.converged.size,
+            )
         details["simulation_uncertainty"] = {
             "method": "linearised delete-one jackknife over the simulations",
             **jackknife.to_dict(),

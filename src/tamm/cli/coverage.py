@@ -44,7 +44,8 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     "--methods",
     default="baseline,histosys,tamm-binned,oracle",
     show_default=True,
-    help="Comma-separated methods to compare (also: tamm-posterior, and registered ones).",
+    help="Comma-separated methods to compare (also: tamm-binned-jk, tamm-unbinned-exact, "
+    "tamm-unbinned-exact-jk, tamm-posterior, and registered ones).",
 )
 @click.option(
     "--scheduler",

@@ -74,10 +74,11 @@ def leave_one_out_topics(
     matrix = np.asarray(counts, dtype=np.float64)
     start = np.asarray(initial_topics, dtype=np.float64)
     n_simulations, n_topics = matrix.shape[0], start.shape[0]
-    if n_simulations - 1 < n_topics:
+    if n_simulations < 3 or n_simulations - 1 < n_topics:
         msg = (
-            f"The jackknife leaves one of {n_simulations} simulations out, which leaves fewer "
-            f"than the {n_topics} topics; use at most {n_simulations - 1} topics."
+            f"The jackknife leaves one of {n_simulations} simulations out at a time, so it needs "
+            f"at least 3 simulations and one more simulation than topics ({n_topics}); add "
+            "simulations or use fewer topics."
         )
         raise InvalidModelError(msg)
     extra = {key: value for key, value in (options or {}).items() if key != "n_restarts"}
@@ -166,7 +167,7 @@ def jackknife_from_topics(
         sizes["signal"],
     )
     if not jackknife.all_converged:
-        log.warning(
+        log.info(
             "binned jackknife: %d of %d leave-one-out fits did not converge and are left out",
             int(np.sum(~jackknife.converged)),
             len(kappas),

@@ -217,7 +217,7 @@ def jackknife_simulations(
         kappas, converged = _refit_each(likelihood, fit, max_iter=max_iter, tolerance=tolerance)
     jackknife = SimulationJackknife(fit.kappa, fit.sigma, kappas, converged, k_signal)
     if not jackknife.all_converged:
-        log.warning(
+        log.info(
             "jackknife: %d of %d leave-one-out estimates failed and are left out of the "
             "simulation uncertainty",
             int(np.sum(~converged)),

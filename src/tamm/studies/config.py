@@ -118,6 +118,19 @@ class StudyConfig:
         if not self.methods or len(set(self.methods)) != len(self.methods):
             msg = f"StudyConfig.methods must name distinct methods, but received {self.methods!r}."
             raise InvalidModelError(msg)
+        jackknife = [method for method in self.methods if method.endswith("-jk")]
+        if jackknife and self.n_simulations < 3:
+            msg = (
+                f"The methods {jackknife} leave one simulation out at a time and need at least 3 "
+                f"simulations per process; received n_simulations={self.n_simulations}."
+            )
+            raise InvalidModelError(msg)
+        if "tamm-binned-jk" in self.methods and self.n_topics > self.n_simulations - 1:
+            msg = (
+                f"tamm-binned-jk learns {self.n_topics} topics from {self.n_simulations - 1} "
+                f"simulations when it leaves one out; use n_topics <= {self.n_simulations - 1}."
+            )
+            raise InvalidModelError(msg)
 
     @property
     def n_fits(self) -> int:

@@ -288,7 +288,7 @@ def format_table(summaries: Mapping[str, MethodSummary]) -> str:
     lines.append(
         "bias, RMSE, sigma, within, between: in kappa; coverage: fraction of fits whose Wald "
         "(|pull| < 1, 2) or profile interval contains kappa_true; H: mean Hellinger distance "
-        "of the fitted shapes to nature's."
+        "of the fitted shapes to nature's; nan: the method computes no such interval or shape."
     )
     return "\n".join(lines)
 
