@@ -3,8 +3,8 @@
 The pyhf fit of the topic mixture treats the topics, and so the simulations they were learned
 from, as fixed. :func:`jackknife_binned` adds the spread of kappa between draws of
 simulations with the same stratified delete-one jackknife as the unbinned engine
-(:mod:`tamm.mixture.jackknife`): for each simulation, the topics of its process are learned
-again without it and kappa is refitted on the same observed counts.
+(:mod:`tamm.mixture.jackknife`). For each simulation, the topics of its process are learned
+again without it, and kappa is refitted on the same observed counts.
 
 Each leave-one-out topic fit starts from the full fit's topics, with one run instead of random
 restarts (:meth:`tamm.topics.TopicModel.fit` with ``initial_topics``). It therefore ends in

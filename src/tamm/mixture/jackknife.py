@@ -8,8 +8,8 @@ sandwich intervals under-cover.
 
 :func:`jackknife_simulations` estimates that spread from the fit itself, with a delete-one
 jackknife over the simulations. Each leave-one-out estimate keeps the data, reference and
-penalty samples and retrains no network, because each column of the features is the log ratio
-of one simulation to the pool of all simulations: removing a simulation is the constraint that
+penalty samples and retrains no network. Each column of the features is the log ratio of one
+simulation to the pool of all simulations, so removing a simulation is the constraint that
 its mixture weight is zero. By default the constrained minimum is taken from the quadratic
 model of the loss at the best fit (a linearised jackknife); ``method="refit"`` minimises the
 loss again. The jackknife is stratified by process, because the signal and the background
