@@ -460,43 +460,29 @@ def test_unbinned_exact_method_fits_and_intervals():
         assert math.isfinite(record["z_interval"])
 
 
-def test_unbinned_jackknife_method_adds_spread():
+@pytest.mark.parametrize(
+    ("plain_method", "sizes"),
+    [
+        ("tamm-unbinned-exact", {}),
+        ("tamm-binned", {"n_simulations": 4, "n_topics": 2}),
+    ],
+)
+def test_jackknife_method_adds_spread(plain_method, sizes):
+    jackknife_method = f"{plain_method}-jk"
     config = StudyConfig(
         n_draws=1,
         n_experiments=2,
-        methods=("tamm-unbinned-exact", "tamm-unbinned-exact-jk"),
+        methods=(plain_method, jackknife_method),
         n_signal=1000,
         n_background=10_000,
         n_events_per_simulation=20_000,
+        **sizes,
     )
     run = run_study(config, scheduler="serial")
     by_method = {(r["method"], r["experiment"]): r for r in run.fits}
     for experiment in range(2):
-        plain = by_method["tamm-unbinned-exact", experiment]
-        total = by_method["tamm-unbinned-exact-jk", experiment]
-        assert total["error"] is None
-        assert total["kappa"] == plain["kappa"]
-        # The jackknife variance is a sum of squared shifts, positive unless every left-out
-        # simulation moved kappa by the same amount.
-        assert total["sigma"] > plain["sigma"]
-
-
-def test_binned_jackknife_method_adds_spread():
-    config = StudyConfig(
-        n_draws=1,
-        n_experiments=2,
-        methods=("tamm-binned", "tamm-binned-jk"),
-        n_simulations=4,
-        n_topics=2,
-        n_signal=1000,
-        n_background=10_000,
-        n_events_per_simulation=20_000,
-    )
-    run = run_study(config, scheduler="serial")
-    by_method = {(r["method"], r["experiment"]): r for r in run.fits}
-    for experiment in range(2):
-        plain = by_method["tamm-binned", experiment]
-        total = by_method["tamm-binned-jk", experiment]
+        plain = by_method[plain_method, experiment]
+        total = by_method[jackknife_method, experiment]
         assert total["error"] is None
         assert total["kappa"] == pytest.approx(plain["kappa"], abs=1e-9)
         # The jackknife variance is a sum of squared shifts, positive unless every left-out
