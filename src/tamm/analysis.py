@@ -1075,8 +1075,11 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-# The unbinned scan shows the sandwich-corrected statistic q / lambda_corr.
-_SCAN_NOTES = {"tamm-unbinned": " ($q/\\lambda_\\mathrm{corr}$)"}
+# The unbinned scans show the sandwich-corrected statistic q / lambda_corr.
+_SCAN_NOTES = {
+    "tamm-unbinned": " ($q/\\lambda_\\mathrm{corr}$)",
+    "baseline-unbinned": " ($q/\\lambda_\\mathrm{corr}$)",
+}
 
 
 def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, path: Path) -> None:
@@ -1093,7 +1096,8 @@ def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, p
         "baseline-unbinned": "tab:purple",
     }
     with plt.style.context(mplhep.style.ROOT):
-        fig, ax = plt.subplots(figsize=(8, 6))
+        n_entries = len(methods) + 1 + (kappa_true is not None)
+        fig, ax = plt.subplots(figsize=(8, 6 + 0.35 * n_entries), layout="constrained")
         for name, result in methods.items():
             if result.scan is None:
                 continue
@@ -1118,8 +1122,8 @@ def _plot_scans(methods: Mapping[str, MethodResult], kappa_true: float | None, p
         ax.set_xlabel("$\\kappa$")
         ax.set_ylabel("$-2\\,\\Delta\\ln L$ (profiled)")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+        # The legend sits above the axes, because the curves fill the panel.
+        fig.legend(loc="outside upper center", ncol=1, fontsize="small", frameon=False)
         fig.savefig(path, dpi=110)
         plt.close(fig)
 
