@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +38,7 @@ import pyhf
 from scipy import stats
 
 from tamm.exceptions import InvalidModelError
+from tamm.pyhf.fit import _check_model_and_data, _seeded_global_numpy
 
 __all__ = [
     "DiscoveryResult",
@@ -152,24 +151,6 @@ def _significance(p_value: float) -> float:
     return float(stats.norm.isf(p_value))
 
 
-@contextmanager
-def _seeded_toys(seed: int | None) -> Iterator[None]:
-    """Seed numpy's global generator inside the block and restore its state afterwards.
-
-    pyhf 0.7.6 samples toys through scipy.stats without a generator argument, so seeding the
-    global generator is the only way to reproduce them.
-    """
-    if seed is None:
-        yield
-        return
-    state = np.random.get_state()  # noqa: NPY002
-    np.random.seed(seed)  # noqa: NPY002
-    try:
-        yield
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-
-
 def limit_from_scan(scan: npt.ArrayLike, cls_values: npt.ArrayLike, level: float = 0.05) -> float:
     """Return where a CLs curve first falls below ``level``, by linear interpolation.
 
@@ -217,21 +198,7 @@ def limit_from_scan(scan: npt.ArrayLike, cls_values: npt.ArrayLike, level: float
 
 
 def _check_inputs(model: pyhf.Model, data: npt.ArrayLike, calctype: str, ntoys: int) -> np.ndarray:
-    if model.config.poi_index is None:
-        msg = (
-            "The model has no parameter of interest. Build it with tamm.pyhf.build_model, or "
-            "pass poi_name='kappa' to pyhf.Model."
-        )
-        raise InvalidModelError(msg)
-    values = np.asarray(data, dtype=np.float64)
-    expected = model.config.nmaindata + model.config.nauxdata
-    if values.ndim != 1 or values.size != expected:
-        msg = (
-            f"data has shape {values.shape}, but the model expects ({expected},): "
-            f"{model.config.nmaindata} observed counts followed by {model.config.nauxdata} "
-            "auxiliary values. Append model.config.auxdata to the observed counts."
-        )
-        raise InvalidModelError(msg)
+    values = _check_model_and_data(model, data)
     if calctype not in _CALCULATORS:
         msg = f"calctype must be one of {list(_CALCULATORS)}, but received {calctype!r}."
         raise InvalidModelError(msg)
@@ -347,7 +314,7 @@ def upper_limit(
     # warns and gives inf or NaN; such a point never counts as below the level.
     with (
         use_numpy_backend("scipy"),
-        _seeded_toys(seed),
+        _seeded_global_numpy(seed),
         np.errstate(divide="ignore", invalid="ignore"),
     ):
         _, _, (_, results) = pyhf.infer.intervals.upper_limits.upper_limit(
@@ -437,7 +404,7 @@ def discovery_significance(
     start = _start_values(model, values, init_pars)
     with (
         use_numpy_backend("scipy"),
-        _seeded_toys(seed),
+        _seeded_global_numpy(seed),
         np.errstate(divide="ignore", invalid="ignore"),
     ):
         p_value = float(

@@ -36,6 +36,7 @@ import pyhf
 from scipy import stats
 
 from tamm.exceptions import ConvergenceWarning, InvalidModelError
+from tamm.pyhf.fit import _check_model_and_data
 from tamm.results import KappaFit
 
 if TYPE_CHECKING:
@@ -294,25 +295,6 @@ def _parameter_vector(model: pyhf.Model, fit: KappaFit) -> np.ndarray:
     return values
 
 
-def _check_data(model: pyhf.Model, data: npt.ArrayLike) -> np.ndarray:
-    if model.config.poi_index is None:
-        msg = (
-            "The model has no parameter of interest to scan. Build it with "
-            "tamm.pyhf.build_model, or pass poi_name='kappa' to pyhf.Model."
-        )
-        raise InvalidModelError(msg)
-    values = np.asarray(data, dtype=np.float64)
-    expected = model.config.nmaindata + model.config.nauxdata
-    if values.ndim != 1 or values.size != expected:
-        msg = (
-            f"data has shape {values.shape}, but the model expects ({expected},): "
-            f"{model.config.nmaindata} observed counts followed by {model.config.nauxdata} "
-            "auxiliary values. Append model.config.auxdata to the observed counts."
-        )
-        raise InvalidModelError(msg)
-    return values
-
-
 class _Scanner:
     """State shared by both scan functions: the best fit and every evaluated point."""
 
@@ -479,7 +461,7 @@ def profile_scan(
     """
     from tamm.pyhf import use_numpy_backend
 
-    values = _check_data(model, data)
+    values = _check_model_and_data(model, data)
     if n_points < 2:
         msg = f"n_points must be at least 2, but received {n_points!r}."
         raise InvalidModelError(msg)
@@ -609,7 +591,7 @@ def profile_interval(
     """
     from tamm.pyhf import use_numpy_backend
 
-    values = _check_data(model, data)
+    values = _check_model_and_data(model, data)
     targets = sorted(_threshold(cl) for cl in cls)
     with use_numpy_backend():
         scanner = _Scanner(model, values, fit, tolerance=tolerance, strategy=strategy)
