@@ -325,6 +325,7 @@ def _run_unbinned(
         TemplateAdaptedLikelihood,
         fit_baseline_unbinned,
         fit_unbinned,
+        split_pool,
     )
     from tamm.ratios import BaselineRatio, TrainingSettings, train_ratios
     from tamm.unbinned_analysis import baseline_counts, fitted_counts
@@ -387,12 +388,11 @@ def _run_unbinned(
     pooled = np.concatenate([sim.events for sims in simulations.values() for sim in sims])
     pooled = pooled[region.contains(pooled)]
     n_reference = min(n_sims * config.n_background, len(pooled) // 2)
-    order = np.random.default_rng(split_seed).permutation(len(pooled))
-    reference_events = pooled[order[:n_reference]]
+    reference_events, penalty_events = split_pool(pooled, n_reference, n_reference, seed=split_seed)
     samples = MixtureSamples(
         ensemble.log_ratios(data.events, region),
         ensemble.log_ratios(reference_events, region),
-        ensemble.log_ratios(pooled[order[n_reference : 2 * n_reference]], region),
+        ensemble.log_ratios(penalty_events, region),
         n_signal_classes=n_sims,
     )
     unbinned = fit_unbinned(TemplateAdaptedLikelihood(samples))

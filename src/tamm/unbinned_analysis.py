@@ -581,6 +581,7 @@ def fit_unbinned_methods(
         fit_baseline_unbinned,
         fit_unbinned,
         jackknife_simulations,
+        split_pool,
     )
 
     if inputs.data_events is None:
@@ -608,9 +609,7 @@ def fit_unbinned_methods(
 
     if progress is not None:
         progress(f"fitting kappa ({TAMM_UNBINNED_METHOD})")
-    order = rng.permutation(pool.shape[0])
-    reference_events = pool[order[:n_reference]]
-    penalty_events = pool[order[n_reference : n_reference + n_penalty]]
+    reference_events, penalty_events = split_pool(pool, n_reference, n_penalty, seed=rng)
     ensemble = models.ensemble
     samples = MixtureSamples(
         ensemble.log_ratios(data, region),

@@ -37,6 +37,7 @@ from tamm.mixture.likelihood import (
     MixtureSamples,
     TemplateAdaptedLikelihood,
     build_samples,
+    split_pool,
     tensorflow_loss,
 )
 from tamm.mixture.sandwich import SandwichCovariance, sandwich_covariance
@@ -62,6 +63,7 @@ __all__ = [
     "profile_kappa",
     "profile_scan",
     "sandwich_covariance",
+    "split_pool",
     "tensorflow_loss",
 ]
 

@@ -39,7 +39,8 @@ reference analysis (arXiv 2604.02219).
 Which class or function do I need?
 
 * :class:`MixtureSamples`: the three feature matrices, checked once.
-* :func:`build_samples`: make them from event arrays and a ``log_ratio_fn``.
+* :func:`build_samples`: make them from event arrays and a ``log_ratio_fn``;
+  :func:`split_pool` is its split of the pooled events, for callers that also need the events.
 * :class:`TemplateAdaptedLikelihood`: the loss, its gradient and Hessian, per-event pieces for
   the sandwich covariance.
 * :func:`tensorflow_loss`: the same loss as a TensorFlow function, for autodiff and for hosts
@@ -72,6 +73,7 @@ __all__ = [
     "MixtureSamples",
     "TemplateAdaptedLikelihood",
     "build_samples",
+    "split_pool",
     "tensorflow_loss",
 ]
 
@@ -261,20 +263,7 @@ def build_samples(
     k_signal = n_classes // 2 if n_signal_classes is None else n_signal_classes
     size_reference = k_signal * len(data) if n_reference is None else n_reference
     size_penalty = k_signal * len(data) if n_penalty is None else n_penalty
-    if size_reference < 1 or size_penalty < 1:
-        msg = f"n_reference and n_penalty must be positive; received {size_reference} and {size_penalty}."
-        raise InvalidModelError(msg)
-    if size_reference + size_penalty > len(pool):
-        msg = (
-            f"pooled_events contains {len(pool)} events, but disjoint reference and penalty sets of "
-            f"{size_reference} + {size_penalty} events were requested. Simulate more events or "
-            "pass smaller n_reference / n_penalty."
-        )
-        raise InvalidModelError(msg)
-
-    order = np.random.default_rng(seed).permutation(len(pool))
-    reference_events = pool[order[:size_reference]]
-    penalty_events = pool[order[size_reference : size_reference + size_penalty]]
+    reference_events, penalty_events = split_pool(pool, size_reference, size_penalty, seed=seed)
     log.debug(
         "Built samples: %d data, %d reference, %d penalty events, %d classes",
         len(data),
@@ -288,6 +277,44 @@ def build_samples(
         log_ratio_fn(penalty_events),
         n_signal_classes=k_signal,
     )
+
+
+def split_pool(
+    pooled_events: NDArray[np.float64],
+    n_reference: int,
+    n_penalty: int,
+    *,
+    seed: int | np.random.SeedSequence | np.random.Generator | None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Draw disjoint reference and penalty samples from the pooled simulation events.
+
+    Args:
+        pooled_events: Pooled events inside the region, shape ``(M, d)``.
+        n_reference: Size of the reference sample.
+        n_penalty: Size of the penalty sample.
+        seed: Seed or generator of the random split.
+
+    Returns:
+        ``(reference, penalty)``, with no pooled event in both.
+
+    Raises:
+        InvalidModelError: If a size is not positive, or the pool has fewer than
+            ``n_reference + n_penalty`` events.
+    """
+    if n_reference < 1 or n_penalty < 1:
+        msg = f"n_reference and n_penalty must be positive; received {n_reference} and {n_penalty}."
+        raise InvalidModelError(msg)
+    if n_reference + n_penalty > len(pooled_events):
+        msg = (
+            f"pooled_events contains {len(pooled_events)} events, but disjoint reference and "
+            f"penalty sets of {n_reference} + {n_penalty} events were requested. Simulate more "
+            "events or pass smaller n_reference / n_penalty."
+        )
+        raise InvalidModelError(msg)
+    order = np.random.default_rng(seed).permutation(len(pooled_events))
+    reference = pooled_events[order[:n_reference]]
+    penalty = pooled_events[order[n_reference : n_reference + n_penalty]]
+    return reference, penalty
 
 
 @dataclass(frozen=True, eq=False)
