@@ -735,8 +735,8 @@ def test_binned_jackknife_reports_every_simulation():
     histograms, topics, observed, fit = _jackknife_inputs(1, copies=False)
     jackknife = jackknife_binned(histograms, topics, observed, fit)
     assert jackknife.leave_one_out.shape == (8,)
-    # With 3 documents for 2 topics a topic fit can stop at max_iter (here 1 of 8); such a
-    # simulation is reported as failed and left out, never silently kept.
+    # With 3 documents for 2 topics a topic fit can stop at max_iter (here 1 of 8). Such a
+    # simulation is reported as failed and left out of the variance.
     assert np.sum(jackknife.converged) >= 6
     assert np.all(np.isnan(jackknife.leave_one_out[~jackknife.converged]))
     assert np.all(np.isfinite(jackknife.leave_one_out[jackknife.converged]))
@@ -748,8 +748,8 @@ def test_binned_jackknife_reports_every_simulation():
 
 def test_binned_jackknife_zero_for_identical_simulations():
     # Four copies of one simulation per process: leaving one out changes nothing, so every
-    # leave-one-out kappa equals the full fit's up to the topic fit's tolerance (the warm
-    # start iterates on from the converged topics; here that moved kappa by 0.01 sigma).
+    # leave-one-out kappa equals the full fit's up to the topic fit's tolerance. The warm
+    # start iterates on from the converged topics, which moved kappa by 0.01 sigma here.
     histograms, topics, observed, fit = _jackknife_inputs(2, copies=True)
     jackknife = jackknife_binned(histograms, topics, observed, fit)
     assert jackknife.all_converged

@@ -2,9 +2,8 @@
 
 The inputs are ROOT trees of the Gaussian toy written by the tests: a few biased simulations
 per process and the true densities as "nature" for pseudo-data. The networks are small and
-train for a few epochs, so these tests check the plumbing (saving, reloading, matching models
-to inputs, outputs, errors), not the accuracy of the ratios; the accuracy is covered in
-test_ratios.py and test_mixture.py.
+train for a few epochs, so these tests check the plumbing: saving, reloading, matching models
+to inputs, outputs and errors. test_ratios.py and test_mixture.py check the accuracy.
 """
 
 from __future__ import annotations
@@ -159,8 +158,8 @@ def test_profile_interval_matches_sigma(fitted, method):
     assert low < record["kappa"] < high
     # The scan contains q / lambda_corr, whose curvature at the minimum is 1 / sigma^2 of the
     # sandwich, so the 68.3 % half-width equals sigma up to the non-parabolic (cubic) part of
-    # the profile. 15 % leaves room for that (3 % on this input) and still fails for a scan on
-    # the wrong scale, such as q instead of q / 2 or -log L instead of -2 log L (41 % or more).
+    # the profile. 15 % leaves room for that part, which is 3 % on this input. A scan on the
+    # wrong scale, such as -log L instead of -2 log L, is off by 41 % or more and fails.
     assert 0.5 * (high - low) == pytest.approx(record["sigma"], rel=0.15)
 
 
@@ -301,8 +300,8 @@ def test_write_false_trains_in_memory(inputs, tmp_path):
 
 
 def test_scan_record_uses_lower_minimum(caplog):
-    # A grid point below the fit (q < 0) means the fit stopped in a local minimum: the curve
-    # is shifted so that point is the minimum, and a warning says so.
+    # A grid point below the fit (q < 0) means the fit stopped in a local minimum. The curve
+    # is shifted so that this point is the minimum, and a warning is logged.
     kappa = np.array([0.1, 0.2, 0.3, 0.4])
     q = np.array([4.0, 1.0, -0.5, 3.5])
     with caplog.at_level("WARNING", logger="tamm.unbinned_analysis"):

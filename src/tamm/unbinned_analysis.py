@@ -122,7 +122,7 @@ class RatioModels:
 
 
 def check_config(config: AnalysisConfig) -> None:
-    """Raise a :class:`ConfigError` unless the simulations are unweighted trees and the data events.
+    """Raise a :class:`ConfigError` unless the simulations are unweighted trees and the data are events.
 
     :func:`tamm.analysis.run_analysis` calls this before reading any file.
     """
@@ -577,8 +577,6 @@ def fit_unbinned_methods(
     from tamm.mixture import (
         MixtureSamples,
         TemplateAdaptedLikelihood,
-        baseline_scan,
-        fit_baseline_unbinned,
         fit_unbinned,
         jackknife_simulations,
         split_pool,
@@ -640,8 +638,8 @@ def fit_unbinned_methods(
         "penalty_strength": settings.penalty_strength,
     }
     if tamm_fit.converged and min(k_signal, len(simulations["background"])) >= 3:
-        # The sandwich sigma holds the simulations fixed; the jackknife adds the spread from
-        # which simulations were drawn.
+        # The sandwich sigma treats the simulations as fixed, so the jackknife adds the spread
+        # from which simulations were drawn.
         jackknife = jackknife_simulations(likelihood, tamm_fit)
         if not jackknife.all_converged:
             log.warning(
@@ -675,6 +673,23 @@ def fit_unbinned_methods(
 
     if progress is not None:
         progress(f"fitting kappa ({UNBINNED_BASELINE_METHOD})")
+    results[UNBINNED_BASELINE_METHOD] = _fit_baseline(config, data, simulations, models, scan=scan)
+    return results
+
+
+def _fit_baseline(
+    config: AnalysisConfig,
+    data: NDArray[np.float64],
+    simulations: Mapping[str, SimulationSet],
+    models: RatioModels,
+    *,
+    scan: bool,
+) -> MethodResult:
+    """Fit kappa with the baseline network of one signal and one background simulation."""
+    from tamm.analysis import MethodResult
+    from tamm.mixture import baseline_scan, fit_baseline_unbinned
+
+    region = config.region
     signal_sim, background_sim = _baseline_pair(config, simulations)
     background_events = background_sim.events[region.contains(background_sim.events)]
     baseline_ratio = models.baseline
@@ -691,15 +706,7 @@ def fit_unbinned_methods(
             grid, q, np.isfinite(q), baseline_result.kappa, baseline_result.lambda_corr
         )
     baseline_signal, baseline_background = baseline_counts(
-        region, background_events, reference_log_ratio, kappa_b, n_data
-    )
-    results[UNBINNED_BASELINE_METHOD] = MethodResult(
-        baseline_fit,
-        region,
-        baseline_signal,
-        baseline_background,
-        baseline_profile,
-        {"simulations": {"signal": signal_sim.name, "background": background_sim.name}},
+        region, background_events, reference_log_ratio, kappa_b, float(len(data))
     )
     log.info(
         "%s: kappa = %.5f +- %.5f (%s)",
@@ -708,4 +715,11 @@ def fit_unbinned_methods(
         baseline_fit.sigma,
         baseline_fit.message,
     )
-    return results
+    return MethodResult(
+        baseline_fit,
+        region,
+        baseline_signal,
+        baseline_background,
+        baseline_profile,
+        {"simulations": {"signal": signal_sim.name, "background": background_sim.name}},
+    )

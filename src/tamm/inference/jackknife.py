@@ -11,10 +11,10 @@ restarts (:meth:`tamm.topics.TopicModel.fit` with ``initial_topics``). It theref
 the optimum nearest to the full fit: a fit from random starts can land in another local
 optimum, and the jackknife multiplies such jumps by ``K - 1``.
 
-NOTE: the term is calibrated only where it was measured. On the Gaussian toy it brought the
-coverage of 10 simulations and 4 topics per process from 0.40 / 0.64 to 0.66 / 0.92, but with
-40 simulations and 10 topics it was about three times the between-draw spread, and the total
-interval over-covered (0.69 / 1.00). See docs/results.md.
+NOTE: the term is calibrated only where it was measured. On the Gaussian toy with 10
+simulations and 4 topics per process it brought the coverage from 0.40 / 0.64 to 0.66 / 0.92.
+With 40 simulations and 10 topics it was about three times the between-draw spread, and the
+total interval over-covered (0.69 / 1.00). See docs/results.md.
 """
 
 from __future__ import annotations

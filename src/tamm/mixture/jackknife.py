@@ -11,8 +11,8 @@ jackknife over the simulations. Each leave-one-out estimate keeps the data, refe
 penalty samples and retrains no network. Each column of the features is the log ratio of one
 simulation to the pool of all simulations, so removing a simulation is the constraint that
 its mixture weight is zero. By default the constrained minimum is taken from the quadratic
-model of the loss at the best fit (a linearised jackknife); ``method="refit"`` minimises the
-loss again. The jackknife is stratified by process, because the signal and the background
+model of the loss at the best fit, a linearised jackknife. With ``method="refit"`` the loss is
+minimised again. The jackknife is stratified by process, because the signal and the background
 simulations are two independent samples:
 
 .. math::
@@ -26,7 +26,7 @@ with :math:`\hat\kappa_{(h, i)}` the estimate without simulation :math:`i` of pr
 
 NOTE: with K = 10 simulations per process the jackknife variance is itself noisy (a relative
 spread of roughly sqrt(2 / (K - 1)), about 50 %, for a sum of K squared deviations), so the
-coverage of the total interval, not one fit, tells whether it is adequate.
+coverage of the total interval over many fits, not one fit, shows whether it is adequate.
 """
 
 from __future__ import annotations
