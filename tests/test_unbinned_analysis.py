@@ -276,6 +276,24 @@ def test_damaged_model_is_an_error(inputs, trained, tmp_path):
             {"unbinned": {"n_reference": 10_000_000, "model_dir": "out/ratio_models"}},
             r"unbinned\.n_reference: asks for 10000000 reference",
         ),
+        (
+            {
+                "processes": {
+                    "signal": {"simulations": [{"file": "sims_signal.root", "histogram": "h"}]},
+                    "background": {
+                        "simulations": [{"file": "sims_background.root", "trees": "msd_*"}]
+                    },
+                }
+            },
+            (
+                r"processes\.signal\.simulations\[0\]: is the histogram 'h', but the unbinned "
+                r"engine learns from events"
+            ),
+        ),
+        (
+            {"pseudo_data": None, "data": {"file": "data.root", "histogram": "h_data"}},
+            r"data: the unbinned engine fits data events; give the data as an unweighted tree",
+        ),
     ],
 )
 def test_unbinned_input_errors(inputs, trained, tmp_path, changes, message):
@@ -285,6 +303,10 @@ def test_unbinned_input_errors(inputs, trained, tmp_path, changes, message):
         output_dir=str(tmp_path),
         **{"unbinned": {"model_dir": str(inputs / "out" / "ratio_models")}, **changes},
     )
+    if "pseudo_data" in changes:
+        raw = yaml.safe_load(path.read_text())
+        del raw["pseudo_data"]
+        path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=message):
         run_analysis(load_config(path))
 
@@ -318,3 +340,12 @@ def test_scan_record_drops_failed_points():
     record = _as_scan_record(kappa, q, np.isfinite(q), 0.15, 1.0)
     assert record.converged.tolist() == [False, True, True, True]
     assert record.delta_twice_nll[1] == 0.0
+
+
+def test_train_analysis_rejects_region_options(inputs):
+    result = CliRunner().invoke(
+        train_command,
+        ["--analysis", str(inputs / "config.yaml"), "--observables", "a,b", "--quiet"],
+    )
+    assert result.exit_code == 2
+    assert "--observables and --region-limits do not apply with --analysis" in result.output
