@@ -1001,7 +1001,7 @@ def baseline_scan(
 ) -> NDArray[np.float64]:
     """Return ``q(kappa) = 2 [L(kappa) - L(kappa_hat)]`` of the baseline on a grid.
 
-    The baseline has kappa as its only parameter, so this is its profile statistic; divide it
+    The baseline has kappa as its only parameter, so this is its profile statistic. Divide it
     by ``fit.lambda_corr`` for the sandwich-corrected statistic.
 
     Args:
